@@ -1,1 +1,77 @@
-fn main() {}
+//! `mlmesh`: the one binary. `mlmesh up` runs the whole platform on this machine;
+//! `mlmesh serve SERVICE` runs one service (what `up` and Kubernetes run).
+//!
+//! Layout: [`serve`] (run one service), [`up`] (the supervisor and its control API).
+
+mod serve;
+mod up;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mlmesh",
+    version,
+    about = "Machine learning as microservices: train, serve, ensemble and autoscale models."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the whole platform on 127.0.0.1 and keep it running until Ctrl-C / SIGTERM.
+    Up(up::UpArgs),
+    /// Run one service.
+    Serve(serve::ServeArgs),
+}
+
+/// Options every command that reads configuration shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file (sections `[server]`, `[registry]`, `[dashboard]` …).
+    #[arg(long, env = "MLMESH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Override one setting, e.g. `--set registry.ttl_ms=5000` (repeatable; wins over file and env).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_override)]
+    pub overrides: Vec<(String, String)>,
+}
+
+fn parse_override(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!("`{raw}` is not KEY=VALUE")),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("mlmesh: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Up(args) => up::run(args).await,
+            Command::Serve(args) => serve::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("mlmesh: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -123,6 +123,8 @@ pub struct ServerConfig {
     pub advertise_url: Option<String>,
     /// Instance id in the registry; default `<service>-<random>`.
     pub instance_id: Option<String>,
+    /// Where this service keeps its state (shared by its replicas); none for stateless ones.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -134,6 +136,7 @@ impl Default for ServerConfig {
             registry_url: None,
             advertise_url: None,
             instance_id: None,
+            data_dir: None,
         }
     }
 }

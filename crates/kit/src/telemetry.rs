@@ -33,6 +33,7 @@ pub fn init_logs(config: &ServerConfig) {
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            .with_span_list(false)
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
