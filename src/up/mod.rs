@@ -122,7 +122,6 @@ async fn start_platform(
     let deadline = Duration::from_secs(args.ready_timeout_s);
     let ready = async {
         let registry = supervisor.start(Service::Registry, true)?;
-        supervisor.set_registry_url(registry.url.clone());
         supervisor
             .wait_ready(std::slice::from_ref(&registry.id))
             .await;

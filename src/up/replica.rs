@@ -110,10 +110,6 @@ impl Supervisor {
         self.changes.subscribe()
     }
 
-    pub fn set_registry_url(&self, url: String) {
-        self.lock().registry_url = Some(url);
-    }
-
     pub fn list(&self) -> Vec<Replica> {
         self.lock()
             .slots
@@ -157,6 +153,11 @@ impl Supervisor {
         }
         if existing >= MAX_REPLICAS_PER_SERVICE {
             return Err(SupervisorError::TooMany(name.into()));
+        }
+        if service == Service::Registry {
+            // Recorded before any child is spawned, so every child (the registry itself too)
+            // is told where to register.
+            inner.registry_url = Some(url.clone());
         }
         let index = inner.next_index.entry(name.to_string()).or_insert(0);
         let id = format!("{name}-{index}");
