@@ -134,11 +134,7 @@ pub async fn serve(
         listener,
         app,
         &server,
-        Participation {
-            service: SERVICE.to_string(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            metadata: BTreeMap::new(),
-        },
+        Participation::new(SERVICE, env!("CARGO_PKG_VERSION")),
         shutdown,
     )
     .await;

@@ -52,6 +52,17 @@ pub struct Participation {
     pub metadata: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
+impl Participation {
+    /// A service taking part under `service` with no metadata yet.
+    pub fn new(service: &str, version: &str) -> Self {
+        Self {
+            service: service.to_string(),
+            version: version.to_string(),
+            metadata: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
 /// Serves `router` like [`serve`], and while it does keeps the instance registered with the
 /// registry named in `server` (if any). On shutdown it deregisters first, so that callers stop
 /// choosing this instance, then drains in-flight requests.

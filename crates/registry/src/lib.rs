@@ -46,11 +46,7 @@ pub async fn serve(
         listener,
         app,
         &server,
-        Participation {
-            service: SERVICE.to_string(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            metadata: Default::default(),
-        },
+        Participation::new(SERVICE, env!("CARGO_PKG_VERSION")),
         async move {
             shutdown.await;
             closing.cancel();
