@@ -1,1 +1,2 @@
-//! placeholder
+//! The data service.
+pub mod ingest;

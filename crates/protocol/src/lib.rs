@@ -5,6 +5,7 @@
 //! replica API) and [`Endpoints`] (the `endpoints.json` file `mlmesh up` writes).
 
 pub mod control;
+pub mod data;
 pub mod registry;
 
 use std::collections::BTreeMap;
