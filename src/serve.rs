@@ -15,6 +15,7 @@ use crate::ConfigArgs;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Service {
     Registry,
+    Data,
     Dashboard,
 }
 
@@ -22,6 +23,7 @@ impl Service {
     pub fn name(self) -> &'static str {
         match self {
             Self::Registry => mlmesh_registry::SERVICE,
+            Self::Data => mlmesh_data::SERVICE,
             Self::Dashboard => mlmesh_dashboard::SERVICE,
         }
     }
@@ -94,6 +96,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let config: mlmesh_registry::Config = sources.load("registry")?;
             config.validate()?;
             mlmesh_registry::serve(config, server, listener, shutdown_signal()).await?;
+        }
+        Service::Data => {
+            let config: mlmesh_data::Config = sources.load("data")?;
+            config.validate()?;
+            mlmesh_data::serve(config, server, listener, shutdown_signal()).await?;
         }
         Service::Dashboard => {
             let config: mlmesh_dashboard::Config = sources.load("dashboard")?;

@@ -42,7 +42,7 @@ pub struct UpArgs {
 }
 
 /// The services `up` starts, in order; the registry first, since everyone registers with it.
-const PLATFORM: &[Service] = &[Service::Registry, Service::Dashboard];
+const PLATFORM: &[Service] = &[Service::Registry, Service::Data, Service::Dashboard];
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)

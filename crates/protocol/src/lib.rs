@@ -45,3 +45,25 @@ pub struct Ready {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
+
+/// One entry of a service's event log (the outbox), e.g. `dataset.version_added`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    /// Strictly increasing; pass the last one seen as `after`.
+    pub id: i64,
+    pub kind: String,
+    /// What the event is about (e.g. a dataset name).
+    pub subject: String,
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: i64,
+}
+
+/// Answer of `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EventList {
+    pub events: Vec<Event>,
+    /// The id to pass as `after` next time (the last event's, or `after` if none came).
+    pub last: i64,
+}

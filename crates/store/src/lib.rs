@@ -15,9 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use utoipa::ToSchema;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -32,19 +30,7 @@ pub enum StoreError {
     Rejected(String),
 }
 
-/// One entry of the event log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Event {
-    /// Strictly increasing; pass the last one seen as `after`.
-    pub id: i64,
-    pub kind: String,
-    /// What the event is about (e.g. a dataset name).
-    pub subject: String,
-    #[schema(value_type = Object)]
-    pub payload: serde_json::Value,
-    /// Milliseconds since the Unix epoch.
-    pub at_ms: i64,
-}
+pub use mlmesh_protocol::Event;
 
 const EVENTS_TABLE: &str = "CREATE TABLE IF NOT EXISTS mlmesh_events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -178,10 +178,11 @@ pub fn detect_delimiter(sample: &[u8]) -> u8 {
             .map_while(Result::ok)
             .map(|r| r.len())
             .collect();
-        if let Some(&width) = widths.first() {
-            if width > best.1 && widths.iter().all(|w| *w == width) {
-                best = (delimiter, width);
-            }
+        if let Some(&width) = widths.first()
+            && width > best.1
+            && widths.iter().all(|w| *w == width)
+        {
+            best = (delimiter, width);
         }
     }
     best.0

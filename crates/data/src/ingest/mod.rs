@@ -147,29 +147,16 @@ pub fn ingest(input: &Path, output: &Path, options: &Options) -> Result<Ingested
         Format::Jsonl => jsonl_in::ingest(input, output, options)?,
         Format::Parquet => parquet_in::ingest(input, output, options)?,
     };
-    let rows = columns.first().map_or(0, |c| c.stats.count + c.stats.nulls);
-    if let Some(target) = &options.target {
-        if !columns.iter().any(|c| &c.name == target) {
-            return Err(invalid(format!(
-                "unknown target column {target:?}; the columns are: {}",
-                names(&columns)
-            )));
-        }
+    if columns.is_empty() {
+        return Err(invalid("the file has no columns"));
     }
+    let rows = columns.first().map_or(0, |c| c.stats.count + c.stats.nulls);
     Ok(Ingested {
         format,
         rows,
         columns,
         target: options.target.clone(),
     })
-}
-
-fn names(columns: &[ColumnInfo]) -> String {
-    columns
-        .iter()
-        .map(|c| c.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn detect_format(sample: &[u8]) -> Format {
@@ -212,13 +199,13 @@ fn check_names(names: &[String], options: &Options) -> Result<(), IngestError> {
             )));
         }
     }
-    if let Some(target) = &options.target {
-        if !seen.contains(target.as_str()) {
-            return Err(invalid(format!(
-                "unknown target column {target:?}; the columns are: {}",
-                names.join(", ")
-            )));
-        }
+    if let Some(target) = &options.target
+        && !seen.contains(target.as_str())
+    {
+        return Err(invalid(format!(
+            "unknown target column {target:?}; the columns are: {}",
+            names.join(", ")
+        )));
     }
     Ok(())
 }

@@ -42,14 +42,14 @@ pub fn ingest(
     let mut columns = Vec::new();
     for field in schema.fields() {
         let native = mlmesh_type(field.name(), field.data_type())?;
-        if let Some(wanted) = options.types.get(field.name()) {
-            if *wanted != native {
-                return Err(invalid(format!(
-                    "column {:?} is stored as {} in the Parquet file; type overrides apply to CSV and JSON lines only",
-                    field.name(),
-                    native.name()
-                )));
-            }
+        if let Some(wanted) = options.types.get(field.name())
+            && *wanted != native
+        {
+            return Err(invalid(format!(
+                "column {:?} is stored as {} in the Parquet file; type overrides apply to CSV and JSON lines only",
+                field.name(),
+                native.name()
+            )));
         }
         columns.push((field.name().clone(), native));
     }

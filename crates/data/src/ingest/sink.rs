@@ -157,12 +157,11 @@ fn cell(array: &dyn Array, row: usize) -> serde_json::Value {
     }
 }
 
+/// A page read back: the schema, the file's total row count, and the rows as JSON values.
+pub type Page = (Vec<Column>, u64, Vec<Vec<serde_json::Value>>);
+
 /// Rows `offset .. offset + limit` as JSON values, with the schema and the total row count.
-pub fn read_rows(
-    path: &Path,
-    offset: usize,
-    limit: usize,
-) -> Result<(Vec<Column>, u64, Vec<Vec<serde_json::Value>>), IngestError> {
+pub fn read_rows(path: &Path, offset: usize, limit: usize) -> Result<Page, IngestError> {
     let builder = open(path)?;
     let total = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
     let columns = schema_columns(builder.schema())?;
