@@ -46,6 +46,22 @@ async fn start_registry() -> Running {
     }
 }
 
+async fn start_data(registry: &str, dir: &Path) -> Running {
+    let server = ServerConfig {
+        registry_url: Some(registry.to_string()),
+        data_dir: Some(dir.to_path_buf()),
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_with(move |listener, shutdown| {
+        mlmesh_data::serve(mlmesh_data::Config::default(), server, listener, shutdown)
+    })
+    .await;
+    Running {
+        name: mlmesh_data::SERVICE,
+        server,
+    }
+}
+
 async fn start_dashboard(registry: &str) -> Running {
     let server = ServerConfig {
         registry_url: Some(registry.to_string()),
@@ -144,7 +160,11 @@ async fn check(service: &Running, registry: &str) {
     // 5, 6: every documented JSON body endpoint rejects malformed, untyped and oversized bodies.
     for (path, item) in paths {
         for (method, op) in item.as_object().unwrap() {
-            if op.get("requestBody").is_none() {
+            // JSON bodies only: uploads take raw bytes and have their own tests.
+            if op["requestBody"]["content"]
+                .get("application/json")
+                .is_none()
+            {
                 continue;
             }
             let concrete = path.replace('{', "x").replace('}', "");
@@ -236,7 +256,9 @@ async fn every_service_complies_with_the_service_spec() {
     let registry = start_registry().await;
     let registry_url = registry.server.url.clone();
     let dashboard = start_dashboard(&registry_url).await;
-    for service in [&registry, &dashboard] {
+    let data_dir = tempfile::tempdir().unwrap();
+    let data = start_data(&registry_url, data_dir.path()).await;
+    for service in [&registry, &dashboard, &data] {
         check(service, &registry_url).await;
     }
     // 12: a stopped service deregisters.
@@ -384,7 +406,7 @@ async fn up_runs_supervises_and_stops_the_platform() {
 
     // Every service in endpoints.json is registered and ready.
     let services = endpoints["services"].as_object().unwrap();
-    for expected in ["registry", "dashboard"] {
+    for expected in ["registry", "data", "dashboard"] {
         assert!(services.contains_key(expected), "{expected} in {endpoints}");
     }
     for (service, urls) in services {
@@ -518,7 +540,7 @@ async fn up_runs_supervises_and_stops_the_platform() {
         .values()
         .filter_map(|r| r["pid"].as_i64())
         .collect();
-    assert_eq!(pids.len(), 2);
+    assert_eq!(pids.len(), 3);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(up.id().unwrap()).unwrap()),
         nix::sys::signal::Signal::SIGTERM,
@@ -572,4 +594,112 @@ async fn config_errors_name_the_key_and_exit_non_zero() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("registry.sweep_ms"));
+}
+
+// ---------------------------------------------------------------- data durability
+
+/// Runs `mlmesh serve data` on a free port; the URL comes from its `serving` log line.
+async fn serve_data(dir: &Path) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = mlmesh()
+        .args(["serve", "data", "--port", "0", "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Ok(entry) = serde_json::from_str::<Value>(&line)
+                && entry["message"] == "serving"
+            {
+                return entry["url"].as_str().unwrap().to_string();
+            }
+        }
+        panic!("mlmesh serve data exited before serving");
+    })
+    .await
+    .expect("data service started");
+    // Keep draining the log so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
+}
+
+fn kill9(child: &tokio::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_kill_9_and_interrupted_uploads_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let wine = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/data/tabular/wine_quality/winequality-white.csv"),
+    )
+    .unwrap();
+
+    // An acknowledged version survives kill -9.
+    let (mut child, url) = serve_data(dir.path()).await;
+    let response = http()
+        .post(format!("{url}/v1/datasets/white?target=quality"))
+        .body(wine)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.unwrap();
+    kill9(&child);
+    child.wait().await.unwrap();
+
+    let (mut child, url) = serve_data(dir.path()).await;
+    let (status, info) = get_json(&format!("{url}/v1/datasets/white/versions/latest")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (&info["version"], info["rows"].as_u64()),
+        (&created["version"], Some(4898))
+    );
+    let (status, page) = get_json(&format!(
+        "{url}/v1/datasets/white/versions/1/rows?offset=4897&limit=1"
+    ))
+    .await;
+    assert_eq!(
+        (status, page["rows"].as_array().map(Vec::len)),
+        (200, Some(1))
+    );
+
+    // An upload cut off by kill -9 leaves nothing visible and no files behind.
+    let addr = url.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/datasets/half HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 5000000\r\n\r\na,b\n1,2\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes())
+        .await
+        .unwrap();
+    let tmp = dir.path().join("tmp");
+    eventually(WAIT, "upload in progress", || async {
+        (std::fs::read_dir(&tmp).map_or(0, Iterator::count) == 1).then_some(())
+    })
+    .await;
+    kill9(&child);
+    child.wait().await.unwrap();
+    drop(stream);
+
+    let (_child, url) = serve_data(dir.path()).await;
+    let (status, _) = get_json(&format!("{url}/v1/datasets/half")).await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "temporary files swept"
+    );
+    assert!(!dir.path().join("blobs/half").exists());
+    let (_, feed) = get_json(&format!("{url}/v1/events")).await;
+    assert_eq!(
+        feed["last"], 2,
+        "only the acknowledged upload's events: {feed}"
+    );
 }

@@ -640,3 +640,7 @@ async fn events(
     let last = events.last().map_or(after, |e| e.id);
     Ok(Json(EventList { events, last }))
 }
+
+#[cfg(test)]
+#[path = "routes_tests.rs"]
+mod tests;
