@@ -1,8 +1,10 @@
 //! `mlmesh`: the one binary. `mlmesh up` runs the whole platform on this machine;
 //! `mlmesh serve SERVICE` runs one service (what `up` and Kubernetes run).
 //!
-//! Layout: [`serve`] (run one service), [`up`] (the supervisor and its control API).
+//! Layout: [`serve`] (run one service), [`up`] (the supervisor and its control API), [`cli`]
+//! (the user commands that talk to a running platform).
 
+mod cli;
 mod serve;
 mod up;
 
@@ -27,6 +29,13 @@ enum Command {
     Up(up::UpArgs),
     /// Run one service.
     Serve(serve::ServeArgs),
+    /// Datasets: upload, list, show.
+    Data {
+        #[command(subcommand)]
+        command: cli::data::DataCommand,
+        #[command(flatten)]
+        platform: cli::PlatformArgs,
+    },
 }
 
 /// Options every command that reads configuration shares.
@@ -49,8 +58,26 @@ fn parse_override(raw: &str) -> Result<(String, String), String> {
     }
 }
 
+/// A command whose output is piped into `head` should end quietly when the reader goes away,
+/// as Unix tools do, instead of failing to print. Servers keep Rust's default (SIGPIPE
+/// ignored, write errors handled).
+fn exit_quietly_on_closed_pipe() {
+    // SAFETY: restores the default disposition before any other thread exists; no handler code
+    // is installed.
+    #[allow(unsafe_code)]
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Data { .. }) {
+        exit_quietly_on_closed_pipe();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -65,6 +92,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Up(args) => up::run(args).await,
             Command::Serve(args) => serve::run(args).await,
+            Command::Data { command, platform } => cli::data::run(command, &platform).await,
         }
     });
     match result {

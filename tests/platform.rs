@@ -703,3 +703,106 @@ async fn data_survives_kill_9_and_interrupted_uploads_leave_nothing() {
         "only the acknowledged upload's events: {feed}"
     );
 }
+
+// ---------------------------------------------------------------- CLI
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_uploads_lists_and_shows_datasets() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut up = mlmesh()
+        .args(["up", "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(60), "endpoints.json", || async {
+        read_json(&data.join("endpoints.json"))
+    })
+    .await;
+    let cli = |args: &[&str]| {
+        let mut command = mlmesh();
+        command
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("MLMESH_GATEWAY");
+        async move { command.output().await.unwrap() }
+    };
+    let spambase =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/tabular/spambase/spambase.data");
+    let spambase = spambase.to_str().unwrap();
+
+    let out = cli(&[
+        "data",
+        "upload",
+        spambase,
+        "--name",
+        "spam",
+        "--target",
+        "column_58",
+        "--json",
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let uploaded: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (uploaded["rows"].as_u64(), uploaded["created"].as_bool()),
+        (Some(4601), Some(true))
+    );
+
+    let out = cli(&[
+        "data",
+        "upload",
+        spambase,
+        "--name",
+        "spam",
+        "--target",
+        "column_58",
+    ])
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.starts_with("already stored: spam"),
+        "{text}"
+    );
+
+    let out = cli(&["data", "ls", "--json"]).await;
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["datasets"][0]["name"], "spam");
+    let out = cli(&["data", "show", "spam"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("4601 rows, 58 columns") && text.contains("column_58"),
+        "{text}"
+    );
+
+    // Failures: a clear message and a non-zero exit.
+    let out = cli(&[
+        "data", "upload", spambase, "--name", "spam2", "--target", "nope",
+    ])
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown target column \"nope\""));
+    let out = cli(&["data", "show", "missing"]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no dataset \"missing\""));
+    let out = cli(&["data", "upload", "/nonexistent.csv", "--name", "x"]).await;
+    assert!(!out.status.success());
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(up.id().unwrap()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(up.wait().await.unwrap().success());
+    let out = cli(&["data", "ls"]).await;
+    assert!(!out.status.success(), "no platform: a clear error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mlmesh up"));
+}

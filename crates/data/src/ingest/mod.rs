@@ -169,6 +169,15 @@ fn detect_format(sample: &[u8]) -> Format {
     }
 }
 
+/// Names for an error message: all of them when few, else the first ones and a count.
+fn some_names(names: &[String]) -> String {
+    const SHOWN: usize = 12;
+    if names.len() <= SHOWN {
+        return names.join(", ");
+    }
+    format!("{}, … ({} columns)", names[..SHOWN].join(", "), names.len())
+}
+
 /// Checks names decided for the columns: non-empty, unique, within the limit, and every type
 /// override and the target naming one of them.
 fn check_names(names: &[String], options: &Options) -> Result<(), IngestError> {
@@ -195,7 +204,7 @@ fn check_names(names: &[String], options: &Options) -> Result<(), IngestError> {
         if !seen.contains(name.as_str()) {
             return Err(invalid(format!(
                 "type override for unknown column {name:?}; the columns are: {}",
-                names.join(", ")
+                some_names(names)
             )));
         }
     }
@@ -204,7 +213,7 @@ fn check_names(names: &[String], options: &Options) -> Result<(), IngestError> {
     {
         return Err(invalid(format!(
             "unknown target column {target:?}; the columns are: {}",
-            names.join(", ")
+            some_names(names)
         )));
     }
     Ok(())
