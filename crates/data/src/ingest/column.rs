@@ -1,9 +1,12 @@
 //! Per-column machinery shared by every input format: type inference (pass 1), typed Arrow
 //! builders with statistics (pass 2).
 
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
+
+use cardinality_estimator::CardinalityEstimator;
+use foldhash::quality::RandomState;
 
 use arrow_array::ArrayRef;
 use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
@@ -11,10 +14,11 @@ use mlmesh_protocol::data::{ColumnStats, ColumnType, TopValue};
 
 use super::IngestError;
 
-/// Exact distinct counting stops here (memory stays bounded); beyond it the count is a lower
-/// bound, flagged as such.
-const DISTINCT_CAP: usize = 100_000;
-/// Category counting keeps at most this many keys.
+/// The sketch counts distinct values exactly up to this many (its array representation), and
+/// estimates beyond (HyperLogLog++, about 1.6% standard error at precision 12).
+const SKETCH_EXACT_UP_TO: usize = 128;
+/// Category counting keeps at most this many keys; below it, text columns' distinct counts are
+/// exact.
 const TOP_KEYS_CAP: usize = 10_000;
 const TOP_N: usize = 10;
 
@@ -110,7 +114,7 @@ enum Builder {
 }
 
 /// Running statistics (Welford for mean and variance).
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Stats {
     count: u64,
     nulls: u64,
@@ -118,9 +122,23 @@ struct Stats {
     max: f64,
     mean: f64,
     m2: f64,
-    distinct: HashSet<u64, BuildHasherDefault<DefaultHasher>>,
-    distinct_overflow: bool,
-    top: HashMap<String, u64>,
+    /// foldhash, not SipHash: statistics hash every cell, and SipHash was a tenth of ingest
+    /// time. Randomly seeded per upload, so crafted data cannot force collisions.
+    hasher: RandomState,
+    /// Constant memory whatever the cardinality; an exact hash set was the largest cost of
+    /// ingesting wide numeric files.
+    distinct: CardinalityEstimator<u64>,
+    top: HashMap<String, u64, RandomState>,
+}
+
+impl std::fmt::Debug for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stats")
+            .field("count", &self.count)
+            .field("nulls", &self.nulls)
+            .field("distinct", &self.distinct.estimate())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Stats {
@@ -140,14 +158,7 @@ impl Stats {
     }
 
     fn distinct<T: std::hash::Hash>(&mut self, value: T) {
-        if self.distinct_overflow {
-            return;
-        }
-        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(value);
-        self.distinct.insert(hash);
-        if self.distinct.len() >= DISTINCT_CAP {
-            self.distinct_overflow = true;
-        }
+        self.distinct.insert_hash(self.hasher.hash_one(value));
     }
 
     fn category(&mut self, value: &str) {
@@ -159,6 +170,13 @@ impl Stats {
     }
 
     fn finish(&self, numeric: bool) -> ColumnStats {
+        let categories_complete = !self.top.is_empty() && self.top.len() < TOP_KEYS_CAP;
+        let (distinct, distinct_exact) = if categories_complete {
+            (self.top.len(), true)
+        } else {
+            let estimate = self.distinct.estimate();
+            (estimate, estimate <= SKETCH_EXACT_UP_TO)
+        };
         let numeric = numeric && self.count > 0;
         #[allow(clippy::cast_precision_loss)]
         let variance = self.m2 / self.count.max(1) as f64;
@@ -179,8 +197,8 @@ impl Stats {
             max: numeric.then_some(self.max),
             mean: numeric.then_some(self.mean),
             std: numeric.then_some(variance.sqrt()),
-            distinct: self.distinct.len() as u64,
-            distinct_exact: !self.distinct_overflow,
+            distinct: distinct as u64,
+            distinct_exact,
             top,
         }
     }
@@ -256,22 +274,37 @@ impl ColumnBuilder {
         }
     }
 
-    /// A text cell (CSV), trimmed, not a null token. Fails when it does not fit the type.
-    pub fn text(&mut self, raw: &str, trimmed: &str, line: u64) -> Result<(), IngestError> {
-        let bad = || {
-            IngestError::Invalid(format!(
-                "line {line}: value {trimmed:?} in column {:?} is not {}",
-                self.name,
-                article(self.column_type)
-            ))
-        };
+    /// A text cell (CSV), trimmed, not a null token; false (and nothing appended) when it
+    /// does not fit the column's type.
+    pub fn try_text(&mut self, raw: &str, trimmed: &str) -> bool {
         match self.column_type {
-            ColumnType::Integer => self.int(trimmed.parse().map_err(|_| bad())?),
-            ColumnType::Float => self.float(parse_float(trimmed).ok_or_else(bad)?),
-            ColumnType::Boolean => self.boolean(parse_bool(trimmed).ok_or_else(bad)?),
+            ColumnType::Integer => match trimmed.parse() {
+                Ok(v) => self.int(v),
+                Err(_) => return false,
+            },
+            ColumnType::Float => match parse_float(trimmed) {
+                Some(v) => self.float(v),
+                None => return false,
+            },
+            ColumnType::Boolean => match parse_bool(trimmed) {
+                Some(v) => self.boolean(v),
+                None => return false,
+            },
             ColumnType::String => self.string(raw),
         }
-        Ok(())
+        true
+    }
+
+    /// Like [`Self::try_text`], with an error naming the value and its line.
+    pub fn text(&mut self, raw: &str, trimmed: &str, line: u64) -> Result<(), IngestError> {
+        if self.try_text(raw, trimmed) {
+            return Ok(());
+        }
+        Err(IngestError::Invalid(format!(
+            "line {line}: value {trimmed:?} in column {:?} is not {}",
+            self.name,
+            article(self.column_type)
+        )))
     }
 
     /// A typed cell (JSON lines).

@@ -1,8 +1,14 @@
-//! CSV (RFC 4180 quoting, any single-byte delimiter, header or not) in two passes.
+//! CSV (RFC 4180 quoting, any single-byte delimiter, header or not).
+//!
+//! Types are guessed from the first 64 KiB and the file is written in one pass. Should a later
+//! value contradict a guess (an integer column meets `2.5`), or a column that was empty in the
+//! sample turn out to hold typed values, the work is redone exactly: a pass that infers types
+//! over the whole file, then the writing pass. The result is the same either way; the common
+//! case parses the file once instead of twice.
 
 use std::path::Path;
 
-use csv::{ByteRecord, Reader, ReaderBuilder};
+use csv::{Reader, ReaderBuilder, StringRecord};
 use mlmesh_protocol::data::{ColumnInfo, ColumnType};
 
 use super::column::Inference;
@@ -10,8 +16,36 @@ use super::sink::Sink;
 use super::{IngestError, Options, batch_rows, check_names, invalid};
 
 const DELIMITERS: [u8; 4] = [b',', b';', b'\t', b'|'];
+/// Records handed from the parsing thread to the typing loop at a time.
+const CHUNK: usize = 4_096;
 /// Records of the sample compared when detecting the delimiter.
 const SNIFF_RECORDS: usize = 50;
+
+/// The missing-value tokens, with a length check first: most cells are longer than any token.
+struct NullTokens<'a> {
+    tokens: &'a [String],
+    longest: usize,
+}
+
+impl<'a> NullTokens<'a> {
+    fn new(tokens: &'a [String]) -> Self {
+        Self {
+            tokens,
+            longest: tokens.iter().map(String::len).max().unwrap_or(0),
+        }
+    }
+    fn contains(&self, cell: &str) -> bool {
+        cell.len() <= self.longest && self.tokens.iter().any(|t| t == cell)
+    }
+}
+
+/// Everything decided before the writing pass.
+struct Plan<'a> {
+    delimiter: u8,
+    header: bool,
+    names: Vec<String>,
+    nulls: NullTokens<'a>,
+}
 
 pub fn ingest(
     input: &Path,
@@ -22,62 +56,52 @@ pub fn ingest(
     let delimiter = options
         .delimiter
         .unwrap_or_else(|| detect_delimiter(sample));
-    let is_null = |cell: &str| options.null_tokens.iter().any(|t| t == cell);
-
-    // Pass 1: shape, encoding and types.
-    let mut reader = open(input, delimiter)?;
-    let mut record = ByteRecord::new();
-    let mut first: Option<Vec<String>> = None;
-    let mut inference = Vec::new();
-    let mut rows_after_first = 0u64;
-    while read(&mut reader, &mut record)? {
-        let line = line_of(&record);
-        let Some(first) = &first else {
-            let fields = utf8_fields(&record, line)?;
-            if fields.len() > options.max_columns {
-                return Err(invalid(format!(
-                    "the file has {} columns; the limit is {} (data.max_columns)",
-                    fields.len(),
-                    options.max_columns
-                )));
-            }
-            inference = vec![Inference::default(); fields.len()];
-            first = Some(fields);
-            continue;
-        };
-        check_width(&record, first.len(), line)?;
-        for (field, column) in record.iter().zip(&mut inference) {
-            let text = utf8(field, line)?.trim();
-            if !is_null(text) {
-                column.text(text);
-            }
-        }
-        rows_after_first += 1;
+    let nulls = NullTokens::new(&options.null_tokens);
+    let sample_records = sample_records(sample, delimiter);
+    let first = match sample_records.first() {
+        Some(first) => first.clone(),
+        // Not one whole line in the sample (a giant first line): read it from the file.
+        None => first_record(input, delimiter)?,
+    };
+    check_width_limit(first.len(), options)?;
+    let mut guess = vec![Inference::default(); first.len()];
+    for record in sample_records
+        .iter()
+        .skip(1)
+        .filter(|r| r.len() == first.len())
+    {
+        observe(&mut guess, record, &nulls);
     }
-    let first = first.ok_or_else(|| invalid("the file is empty"))?;
-
     let header = options
         .header
-        .unwrap_or_else(|| looks_like_header(&first, &inference, &is_null));
+        .unwrap_or_else(|| looks_like_header(&first, &guess, &nulls));
     let names: Vec<String> = if header {
         first.iter().map(|n| n.trim().to_string()).collect()
     } else {
-        for (text, column) in first.iter().zip(&mut inference) {
-            let text = text.trim();
-            if !is_null(text) {
-                column.text(text);
-            }
-        }
+        observe(&mut guess, &first, &nulls);
         (1..=first.len()).map(|i| format!("column_{i}")).collect()
     };
-    let rows = rows_after_first + u64::from(!header);
-    if rows == 0 {
-        return Err(invalid("the file has a header but no rows"));
-    }
     check_names(&names, options)?;
-    let types: Vec<ColumnType> = names
+    let plan = Plan {
+        delimiter,
+        header,
+        names,
+        nulls,
+    };
+    let guessed = types(&plan.names, &guess, options);
+    if let Some(columns) = write(input, output, options, &plan, &guessed, true)? {
+        return Ok(columns);
+    }
+    let inferred = infer(input, &plan)?;
+    let exact = types(&plan.names, &inferred, options);
+    write(input, output, options, &plan, &exact, false)?
+        .ok_or_else(|| IngestError::Parquet("exact pass asked for another pass".into()))
+}
+
+fn types(names: &[String], inference: &[Inference], options: &Options) -> Vec<ColumnType> {
+    names
         .iter()
-        .zip(&inference)
+        .zip(inference)
         .map(|(name, inferred)| {
             options
                 .types
@@ -85,32 +109,157 @@ pub fn ingest(
                 .copied()
                 .unwrap_or(inferred.resolve())
         })
-        .collect();
+        .collect()
+}
 
-    // Pass 2: typed values and statistics into Parquet.
-    let mut sink = Sink::create(
-        output,
-        names.into_iter().zip(types).collect(),
-        batch_rows(options, first.len()),
-    )?;
-    let mut reader = open(input, delimiter)?;
-    if header {
+fn observe(inference: &mut [Inference], record: &StringRecord, nulls: &NullTokens<'_>) {
+    for (field, column) in record.iter().zip(inference) {
+        let text = field.trim();
+        if !nulls.contains(text) {
+            column.text(text);
+        }
+    }
+}
+
+/// Infers every column's type over the whole file (the exact path).
+fn infer(input: &Path, plan: &Plan<'_>) -> Result<Vec<Inference>, IngestError> {
+    let mut reader = open(input, plan.delimiter)?;
+    let mut record = StringRecord::new();
+    let mut inference = vec![Inference::default(); plan.names.len()];
+    if plan.header {
         read(&mut reader, &mut record)?;
     }
     while read(&mut reader, &mut record)? {
-        let line = line_of(&record);
-        for (field, column) in record.iter().zip(&mut sink.columns) {
-            let raw = utf8(field, line)?;
-            let text = raw.trim();
-            if is_null(text) {
-                column.null();
-            } else {
-                column.text(raw, text, line)?;
-            }
-        }
-        sink.end_row()?;
+        check_width(&record, plan.names.len())?;
+        observe(&mut inference, &record, &plan.nulls);
     }
-    sink.finish()
+    Ok(inference)
+}
+
+/// The writing pass. With `speculative`, a value that contradicts a guessed (not overridden)
+/// type, or a text column whose values all turn out to be typed, returns `None`: redo exactly.
+fn write(
+    input: &Path,
+    output: &Path,
+    options: &Options,
+    plan: &Plan<'_>,
+    types: &[ColumnType],
+    speculative: bool,
+) -> Result<Option<Vec<ColumnInfo>>, IngestError> {
+    let width = plan.names.len();
+    let overridden: Vec<bool> = plan
+        .names
+        .iter()
+        .map(|n| options.types.contains_key(n))
+        .collect();
+    // Text columns guessed from the sample keep inferring, to catch "empty in the sample".
+    let mut text_check: Vec<Option<Inference>> = types
+        .iter()
+        .zip(&overridden)
+        .map(|(ty, o)| (speculative && *ty == ColumnType::String && !o).then(Inference::default))
+        .collect();
+    let mut sink = Sink::create(
+        output,
+        plan.names
+            .iter()
+            .cloned()
+            .zip(types.iter().copied())
+            .collect(),
+        batch_rows(options, width),
+    )?;
+    let records = spawn_reader(input, plan.delimiter, plan.header, width)?;
+    let mut rows = 0u64;
+    for chunk in &records.chunks {
+        let (chunk, filled) = chunk?;
+        for record in &chunk[..filled] {
+            for (index, (raw, column)) in record.iter().zip(&mut sink.columns).enumerate() {
+                let text = raw.trim();
+                if plan.nulls.contains(text) {
+                    column.null();
+                    continue;
+                }
+                if let Some(inference) = &mut text_check[index] {
+                    inference.text(text);
+                }
+                if !column.try_text(raw, text) {
+                    if speculative && !overridden[index] {
+                        return Ok(None);
+                    }
+                    return Err(column
+                        .text(raw, text, line_of(record))
+                        .err()
+                        .unwrap_or_else(|| invalid("a value does not fit its column")));
+                }
+            }
+            sink.end_row()?;
+        }
+        rows += filled as u64;
+        // Hand the buffers back for reuse; if the reader is gone, they are simply dropped.
+        let _ = records.recycle.try_send(chunk);
+    }
+    if rows == 0 {
+        return Err(invalid("the file has a header but no rows"));
+    }
+    if text_check
+        .iter()
+        .flatten()
+        .any(|i| i.resolve() != ColumnType::String)
+    {
+        return Ok(None);
+    }
+    sink.finish().map(Some)
+}
+
+/// Chunks of parsed records (and how many of each chunk's records are filled), from a thread
+/// that parses while the caller types the previous chunk; spent chunks go back for reuse.
+struct Records {
+    chunks: std::sync::mpsc::Receiver<Result<(Vec<StringRecord>, usize), IngestError>>,
+    recycle: std::sync::mpsc::SyncSender<Vec<StringRecord>>,
+}
+
+fn spawn_reader(
+    input: &Path,
+    delimiter: u8,
+    skip_header: bool,
+    width: usize,
+) -> Result<Records, IngestError> {
+    let mut reader = open(input, delimiter)?;
+    let (send, chunks) = std::sync::mpsc::sync_channel(2);
+    let (recycle, spent) = std::sync::mpsc::sync_channel::<Vec<StringRecord>>(4);
+    std::thread::Builder::new()
+        .name("csv-reader".into())
+        .spawn(move || {
+            let mut scratch = StringRecord::new();
+            if skip_header && let Err(error) = read(&mut reader, &mut scratch) {
+                let _ = send.send(Err(error));
+                return;
+            }
+            loop {
+                let mut chunk = spent.try_recv().unwrap_or_default();
+                let mut filled = 0;
+                while filled < CHUNK {
+                    if chunk.len() == filled {
+                        chunk.push(StringRecord::new());
+                    }
+                    match read(&mut reader, &mut chunk[filled]).and_then(|more| {
+                        more.then(|| check_width(&chunk[filled], width)).transpose()
+                    }) {
+                        Ok(Some(())) => filled += 1,
+                        Ok(None) => break,
+                        Err(error) => {
+                            let _ = send.send(Err(error));
+                            return;
+                        }
+                    }
+                }
+                let last = filled < CHUNK;
+                // A closed channel means the caller stopped early: stop too.
+                if (filled > 0 && send.send(Ok((chunk, filled))).is_err()) || last {
+                    return;
+                }
+            }
+        })?;
+    Ok(Records { chunks, recycle })
 }
 
 fn open(path: &Path, delimiter: u8) -> Result<Reader<std::fs::File>, IngestError> {
@@ -118,43 +267,74 @@ fn open(path: &Path, delimiter: u8) -> Result<Reader<std::fs::File>, IngestError
         .delimiter(delimiter)
         .has_headers(false)
         .flexible(true)
+        .buffer_capacity(1 << 20)
         .from_path(path)
         .map_err(|e| IngestError::Io(std::io::Error::other(e.to_string())))
 }
 
-fn read(reader: &mut Reader<std::fs::File>, record: &mut ByteRecord) -> Result<bool, IngestError> {
-    reader
-        .read_byte_record(record)
-        .map_err(|e| invalid(format!("unreadable CSV: {e}")))
-}
-
-fn line_of(record: &ByteRecord) -> u64 {
-    record.position().map_or(0, csv::Position::line)
-}
-
-fn utf8(field: &[u8], line: u64) -> Result<&str, IngestError> {
-    std::str::from_utf8(field).map_err(|_| {
-        invalid(format!(
-            "line {line}: the bytes are not valid UTF-8 text; re-encode the file as UTF-8"
-        ))
+/// Reads one record; the record's bytes are checked as UTF-8 once, as a whole.
+fn read(
+    reader: &mut Reader<std::fs::File>,
+    record: &mut StringRecord,
+) -> Result<bool, IngestError> {
+    reader.read_record(record).map_err(|e| match e.kind() {
+        csv::ErrorKind::Utf8 { pos, .. } => invalid(format!(
+            "line {}: the bytes are not valid UTF-8 text; re-encode the file as UTF-8",
+            pos.as_ref().map_or(0, csv::Position::line)
+        )),
+        _ => invalid(format!("unreadable CSV: {e}")),
     })
 }
 
-fn utf8_fields(record: &ByteRecord, line: u64) -> Result<Vec<String>, IngestError> {
-    record
-        .iter()
-        .map(|f| utf8(f, line).map(str::to_string))
-        .collect()
+fn line_of(record: &StringRecord) -> u64 {
+    record.position().map_or(0, csv::Position::line)
 }
 
-fn check_width(record: &ByteRecord, width: usize, line: u64) -> Result<(), IngestError> {
+fn check_width(record: &StringRecord, width: usize) -> Result<(), IngestError> {
     if record.len() != width {
         return Err(invalid(format!(
-            "line {line} has {} fields but the first row has {width}; every row needs the same number of fields",
+            "line {} has {} fields but the first row has {width}; every row needs the same number of fields",
+            line_of(record),
             record.len()
         )));
     }
     Ok(())
+}
+
+fn check_width_limit(width: usize, options: &Options) -> Result<(), IngestError> {
+    if width > options.max_columns {
+        return Err(invalid(format!(
+            "the file has {width} columns; the limit is {} (data.max_columns)",
+            options.max_columns
+        )));
+    }
+    Ok(())
+}
+
+/// The whole lines of the sample as records (a record that is not UTF-8 ends the sample: the
+/// full pass reports it with its line).
+fn sample_records(sample: &[u8], delimiter: u8) -> Vec<StringRecord> {
+    let whole = sample
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(&sample[..0], |i| &sample[..=i]);
+    ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(whole)
+        .records()
+        .map_while(Result::ok)
+        .collect()
+}
+
+fn first_record(input: &Path, delimiter: u8) -> Result<StringRecord, IngestError> {
+    let mut reader = open(input, delimiter)?;
+    let mut record = StringRecord::new();
+    if !read(&mut reader, &mut record)? {
+        return Err(invalid("the file is empty"));
+    }
+    Ok(record)
 }
 
 /// Picks the candidate delimiter that splits the sample's records into the same number (> 1)
@@ -192,9 +372,9 @@ pub fn detect_delimiter(sample: &[u8]) -> u8 {
 /// column has (a name above numbers), or when every column is text (then nothing tells a
 /// header from data, and files with a header are the common case).
 fn looks_like_header(
-    first: &[String],
+    first: &StringRecord,
     inference: &[Inference],
-    is_null: &impl Fn(&str) -> bool,
+    nulls: &NullTokens<'_>,
 ) -> bool {
     let mut data_evidence = false;
     for (cell, column) in first.iter().zip(inference) {
@@ -203,7 +383,7 @@ fn looks_like_header(
             continue;
         }
         let cell = cell.trim();
-        if is_null(cell) || Inference::fits(column_type, cell) {
+        if nulls.contains(cell) || Inference::fits(column_type, cell) {
             data_evidence = true;
         } else {
             return true;

@@ -13,6 +13,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use super::IngestError;
 use super::column::ColumnBuilder;
@@ -38,15 +39,17 @@ fn column_type(data_type: &DataType) -> Result<ColumnType, IngestError> {
     }
 }
 
-/// Writes rows column by column into Parquet row groups of `batch_rows` rows; only one batch is
-/// ever held in memory.
+/// Writes rows column by column into Parquet row groups of `batch_rows` rows. Encoding and
+/// writing run on a thread of their own, fed finished batches through a channel of depth 2, so
+/// they overlap with parsing and typing while at most three batches are in memory.
 #[derive(Debug)]
 pub struct Sink {
-    writer: ArrowWriter<File>,
     schema: SchemaRef,
     pub columns: Vec<ColumnBuilder>,
     rows_in_batch: usize,
     batch_rows: usize,
+    batches: Option<std::sync::mpsc::SyncSender<RecordBatch>>,
+    writer: Option<std::thread::JoinHandle<Result<File, IngestError>>>,
 }
 
 impl Sink {
@@ -61,14 +64,34 @@ impl Sink {
                 .map(|(name, ty)| Field::new(name, arrow_type(*ty), true))
                 .collect::<Vec<_>>(),
         ));
-        let properties = WriterProperties::builder()
+        // Dictionary encoding pays for text (categories repeat) and costs for numbers (mostly
+        // distinct, so the encoder builds a dictionary only to abandon it).
+        let mut properties = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(batch_rows))
-            .build();
-        let writer =
-            ArrowWriter::try_new(File::create(path)?, Arc::clone(&schema), Some(properties))?;
+            .set_dictionary_enabled(false);
+        for (name, ty) in &columns {
+            if *ty == ColumnType::String {
+                properties =
+                    properties.set_column_dictionary_enabled(ColumnPath::from(name.as_str()), true);
+            }
+        }
+        let mut writer = ArrowWriter::try_new(
+            File::create(path)?,
+            Arc::clone(&schema),
+            Some(properties.build()),
+        )?;
+        let (batches, incoming) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
+        let writer = std::thread::Builder::new()
+            .name("parquet-writer".into())
+            .spawn(move || {
+                for batch in incoming {
+                    writer.write(&batch)?;
+                    writer.flush()?;
+                }
+                Ok(writer.into_inner()?)
+            })?;
         Ok(Self {
-            writer,
             schema,
             columns: columns
                 .into_iter()
@@ -76,6 +99,8 @@ impl Sink {
                 .collect(),
             rows_in_batch: 0,
             batch_rows,
+            batches: Some(batches),
+            writer: Some(writer),
         })
     }
 
@@ -98,17 +123,35 @@ impl Sink {
             .map(ColumnBuilder::finish_batch)
             .collect();
         let batch = RecordBatch::try_new(Arc::clone(&self.schema), arrays)?;
-        self.writer.write(&batch)?;
-        self.writer.flush()?;
         self.rows_in_batch = 0;
+        let sent = self.batches.as_ref().is_some_and(|b| b.send(batch).is_ok());
+        if !sent {
+            // The writer stopped early: its own error says why.
+            return Err(self
+                .join()
+                .err()
+                .unwrap_or_else(|| IngestError::Parquet("the Parquet writer stopped".into())));
+        }
         Ok(())
+    }
+
+    /// Stops the writer thread and waits for it; the file it wrote.
+    fn join(&mut self) -> Result<File, IngestError> {
+        self.batches = None;
+        match self.writer.take() {
+            Some(handle) => handle
+                .join()
+                .map_err(|_| IngestError::Parquet("the Parquet writer panicked".into()))?,
+            None => Err(IngestError::Parquet(
+                "the Parquet writer already stopped".into(),
+            )),
+        }
     }
 
     /// Writes what is left, closes the file and syncs it to disk.
     pub fn finish(mut self) -> Result<Vec<ColumnInfo>, IngestError> {
         self.flush()?;
-        let file = self.writer.into_inner()?;
-        file.sync_all()?;
+        self.join()?.sync_all()?;
         Ok(self
             .columns
             .iter()
@@ -118,6 +161,16 @@ impl Sink {
                 stats: c.stats(),
             })
             .collect())
+    }
+}
+
+impl Drop for Sink {
+    /// An abandoned sink (an error, or a speculative pass redone) still waits for its writer,
+    /// so nothing writes to the file after the caller moved on.
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let _ = self.join();
+        }
     }
 }
 

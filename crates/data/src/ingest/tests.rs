@@ -191,3 +191,67 @@ fn delimiter_detection() {
     assert_eq!(detect_delimiter(b"a|b|c\n1|2|3\n4|5|6"), b'|');
     assert_eq!(detect_delimiter(b"single\n1\n"), b',');
 }
+
+/// A CSV whose first 100 000 rows (far past the sampled 64 KiB) look one way, then change.
+fn late_surprise(tail: &str) -> Vec<u8> {
+    let mut csv = String::from("id,x,maybe\n");
+    for i in 0..100_000 {
+        csv.push_str(&format!("{i},{},\n", i % 7));
+    }
+    csv.push_str(tail);
+    csv.into_bytes()
+}
+
+#[test]
+fn a_guess_contradicted_after_the_sample_is_redone_exactly() {
+    // An integer column meets a float: float, with every value kept.
+    let (ingested, dir) = run(&late_surprise("100000,2.5,\n"), &Options::default()).unwrap();
+    assert_eq!(ingested.columns[1].column_type, ColumnType::Float);
+    assert_eq!(ingested.rows, 100_001);
+    let (_, _, rows) = read_rows(&dir.path().join("out.parquet"), 100_000, 1).unwrap();
+    assert_eq!(rows[0][1], serde_json::json!(2.5));
+    assert_eq!(ingested.columns[1].stats.max, Some(6.0));
+
+    // ... or text: string.
+    let (ingested, _dir) = run(&late_surprise("100000,abc,\n"), &Options::default()).unwrap();
+    assert_eq!(ingested.columns[1].column_type, ColumnType::String);
+
+    // A column empty in the sample that later holds integers is an integer column.
+    let (ingested, _dir) = run(&late_surprise("100000,1,42\n"), &Options::default()).unwrap();
+    assert_eq!(ingested.columns[2].column_type, ColumnType::Integer);
+    assert_eq!(ingested.columns[2].stats.count, 1);
+
+    // Nothing contradicts: one pass, the guessed types.
+    let (ingested, _dir) = run(&late_surprise(""), &Options::default()).unwrap();
+    assert_eq!(
+        types(&ingested),
+        vec![
+            ("id", ColumnType::Integer),
+            ("x", ColumnType::Integer),
+            ("maybe", ColumnType::String)
+        ]
+    );
+
+    // Errors past the sample still name their line.
+    let message = error(&late_surprise("1,2\n"), &Options::default());
+    assert!(message.contains("line 100002"), "{message}");
+    let mut typed = Options::default();
+    typed.types.insert("x".into(), ColumnType::Integer);
+    let message = error(&late_surprise("100000,2.5,\n"), &typed);
+    assert!(
+        message.contains("line 100002") && message.contains("\"2.5\""),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_single_line_longer_than_the_sample() {
+    let wide: Vec<String> = (0..1_500)
+        .map(|i| format!("a_long_column_name_{i:05}_padding_padding"))
+        .collect();
+    let mut csv = wide.join(",");
+    csv.push('\n');
+    csv.push_str(&vec!["1"; 1_500].join(","));
+    let (ingested, _dir) = run(csv.as_bytes(), &Options::default()).unwrap();
+    assert_eq!((ingested.rows, ingested.columns.len()), (1, 1_500));
+}
