@@ -63,7 +63,7 @@ def mlmesh_run(csv_path, size):
                 url = entry["url"]
                 break
         host, port = url.removeprefix("http://").split(":")
-        conn = http.client.HTTPConnection(host, int(port), timeout=600)
+        conn = http.client.HTTPConnection(host, int(port), timeout=600, blocksize=1 << 20)
         start = time.monotonic()
         with open(csv_path, "rb") as body:
             conn.request("POST", "/v1/datasets/bench?target=label", body=body,

@@ -29,7 +29,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::db::{self, NewVersion};
-use crate::ingest::{self, Format, IngestError, Options};
+use crate::ingest::{self, Format, Growing, IngestError, Options};
 use crate::{Config, Layout};
 
 #[derive(Debug)]
@@ -262,30 +262,59 @@ impl Drop for TempFiles {
     }
 }
 
-/// Streams the body to `path`, hashing it; refuses more than `limit` bytes.
-async fn receive(body: Body, path: &FsPath, limit: u64) -> Result<(String, u64), DataError> {
-    let mut file =
-        tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::create(path).await?);
+/// Streams the body into `file`, hashing it and publishing each durable megabyte to the
+/// parser; refuses more than `limit` bytes.
+async fn receive(
+    body: Body,
+    mut file: tokio::fs::File,
+    growing: &Growing,
+    limit: u64,
+) -> Result<(String, u64), DataError> {
+    const PIECE: usize = 1 << 20;
     let mut hasher = Sha256::new();
     let mut total = 0u64;
+    let mut pending: Vec<u8> = Vec::with_capacity(PIECE);
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            if e.to_string().contains("length limit") {
-                DataError::TooLarge(limit)
-            } else {
-                DataError::Invalid(format!("the upload was interrupted: {e}"))
+    loop {
+        let chunk = match stream.next().await {
+            Some(chunk) => Some(chunk.map_err(|e| {
+                if e.to_string().contains("length limit") {
+                    DataError::TooLarge(limit)
+                } else {
+                    DataError::Invalid(format!("the upload was interrupted: {e}"))
+                }
+            })?),
+            None => None,
+        };
+        if let Some(chunk) = &chunk {
+            total += chunk.len() as u64;
+            if total > limit {
+                return Err(DataError::TooLarge(limit));
             }
-        })?;
-        total += chunk.len() as u64;
-        if total > limit {
-            return Err(DataError::TooLarge(limit));
+            hasher.update(chunk);
+            pending.extend_from_slice(chunk);
         }
-        hasher.update(&chunk);
-        file.write_all(&chunk).await?;
+        if pending.len() >= PIECE || (chunk.is_none() && !pending.is_empty()) {
+            file.write_all(&pending).await?;
+            // tokio hands writes to a background thread: flush before telling the parser.
+            file.flush().await?;
+            growing.advance(pending.len() as u64);
+            pending.clear();
+        }
+        if chunk.is_none() {
+            return Ok((hex(&hasher.finalize()), total));
+        }
     }
-    file.flush().await?;
-    Ok((hex(&hasher.finalize()), total))
+}
+
+/// Ends a growing upload as abandoned if the request stops before it is complete (an error, or
+/// a client that went away), so the parser waiting on it stops too.
+struct AbortOnDrop(Arc<Growing>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort("the upload did not complete");
+    }
 }
 
 /// Moves a finished Parquet file to its final place durably (rename, then sync the directory
@@ -322,31 +351,54 @@ async fn upload(
         .try_acquire()
         .map_err(|_| DataError::Busy(s.config.max_concurrent_uploads))?;
     let temp = TempFiles::new(&s.layout.tmp());
-    let (content_sha256, bytes) = receive(body, &temp.input, s.config.max_upload_bytes).await?;
+    let started = std::time::Instant::now();
+    let file = tokio::fs::File::create(&temp.input)
+        .await
+        .map_err(DataError::from)?;
+    // Parse while receiving. The temp files travel with the blocking work, so they are removed
+    // when it ends, even if this request is abandoned.
+    let growing = Growing::new();
+    let guard = AbortOnDrop(Arc::clone(&growing));
+    let job = {
+        let (growing, options) = (Arc::clone(&growing), options.clone());
+        tokio::task::spawn_blocking(move || {
+            let result = ingest::ingest_growing(&temp.input, &temp.output, &options, &growing);
+            (result, temp)
+        })
+    };
+    let received = receive(body, file, &growing, s.config.max_upload_bytes).await;
+    let (content_sha256, bytes) = match received {
+        Ok(received) => received,
+        Err(error) => {
+            // Stop the parse and wait for it, so its files are gone before we answer.
+            growing.abort("the upload did not complete");
+            let _ = job.await;
+            return Err(error.into());
+        }
+    };
+    let received = started.elapsed();
     let version = content_address(&content_sha256, &options);
 
     let (n, v) = (name.clone(), version.clone());
-    if let Some(existing) = s
-        .store
-        .read(move |c| db::version(c, &n, &v))
-        .await
-        .map_err(DataError::from)?
-    {
-        return Ok((
-            StatusCode::OK,
-            Json(db::upload_response(&name, &existing, false)),
-        )
-            .into_response());
+    let existing = s.store.read(move |c| db::version(c, &n, &v)).await;
+    if !matches!(existing, Ok(None)) {
+        // A duplicate (or a failed look-up): stop the parse, and wait for it to clean up.
+        growing.abort("identical content is already stored");
+        let _ = job.await;
+        return match existing.map_err(DataError::from)? {
+            Some(existing) => Ok((
+                StatusCode::OK,
+                Json(db::upload_response(&name, &existing, false)),
+            )
+                .into_response()),
+            None => Err(DataError::Internal("version look-up failed".into()).into()),
+        };
     }
-    // The temp files travel with the blocking work, so they are removed even if this request
-    // is abandoned while parsing runs.
-    let (ingested, temp) = tokio::task::spawn_blocking(move || {
-        let result = ingest::ingest(&temp.input, &temp.output, &options);
-        (result, temp)
-    })
-    .await
-    .map_err(DataError::from)?;
+    growing.finish();
+    drop(guard);
+    let (ingested, temp) = job.await.map_err(DataError::from)?;
     let ingested = ingested.map_err(DataError::from)?;
+    let parsed = started.elapsed();
     let blob = s.layout.blob(&name, &version);
     tokio::task::spawn_blocking(move || publish(&temp.output, &blob))
         .await
@@ -368,7 +420,13 @@ async fn upload(
         .write(move |tx| db::insert_version(tx, &n, new))
         .await
         .map_err(DataError::from)?;
-    tracing::info!(dataset = %name, version = %info.version, rows = info.rows, created, "upload");
+    tracing::info!(
+        dataset = %name, version = %info.version, rows = info.rows, bytes, created,
+        receive_ms = received.as_millis(),
+        parse_ms = (parsed - received).as_millis(),
+        commit_ms = (started.elapsed() - parsed).as_millis(),
+        "upload"
+    );
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -6,12 +6,15 @@
 //! over the whole file, then the writing pass. The result is the same either way; the common
 //! case parses the file once instead of twice.
 
+use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 
 use csv::{Reader, ReaderBuilder, StringRecord};
 use mlmesh_protocol::data::{ColumnInfo, ColumnType};
 
 use super::column::Inference;
+use super::growing::Growing;
 use super::sink::Sink;
 use super::{IngestError, Options, batch_rows, check_names, invalid};
 
@@ -52,7 +55,9 @@ pub fn ingest(
     output: &Path,
     options: &Options,
     sample: &[u8],
+    growing: Option<&Arc<Growing>>,
 ) -> Result<Vec<ColumnInfo>, IngestError> {
+    let complete = || growing.map_or(Ok(()), |g| g.wait_complete());
     let delimiter = options
         .delimiter
         .unwrap_or_else(|| detect_delimiter(sample));
@@ -61,7 +66,10 @@ pub fn ingest(
     let first = match sample_records.first() {
         Some(first) => first.clone(),
         // Not one whole line in the sample (a giant first line): read it from the file.
-        None => first_record(input, delimiter)?,
+        None => {
+            complete()?;
+            first_record(input, delimiter)?
+        }
     };
     check_width_limit(first.len(), options)?;
     let mut guess = vec![Inference::default(); first.len()];
@@ -89,12 +97,13 @@ pub fn ingest(
         nulls,
     };
     let guessed = types(&plan.names, &guess, options);
-    if let Some(columns) = write(input, output, options, &plan, &guessed, true)? {
+    if let Some(columns) = write(input, growing, output, options, &plan, &guessed, true)? {
         return Ok(columns);
     }
+    complete()?;
     let inferred = infer(input, &plan)?;
     let exact = types(&plan.names, &inferred, options);
-    write(input, output, options, &plan, &exact, false)?
+    write(input, None, output, options, &plan, &exact, false)?
         .ok_or_else(|| IngestError::Parquet("exact pass asked for another pass".into()))
 }
 
@@ -140,6 +149,7 @@ fn infer(input: &Path, plan: &Plan<'_>) -> Result<Vec<Inference>, IngestError> {
 /// type, or a text column whose values all turn out to be typed, returns `None`: redo exactly.
 fn write(
     input: &Path,
+    growing: Option<&Arc<Growing>>,
     output: &Path,
     options: &Options,
     plan: &Plan<'_>,
@@ -167,7 +177,11 @@ fn write(
             .collect(),
         batch_rows(options, width),
     )?;
-    let records = spawn_reader(input, plan.delimiter, plan.header, width)?;
+    let source: Box<dyn Read + Send> = match growing {
+        Some(growing) => Box::new(growing.reader(input)?),
+        None => Box::new(std::fs::File::open(input)?),
+    };
+    let records = spawn_reader(source, plan.delimiter, plan.header, width)?;
     let mut rows = 0u64;
     for chunk in &records.chunks {
         let (chunk, filled) = chunk?;
@@ -218,12 +232,12 @@ struct Records {
 }
 
 fn spawn_reader(
-    input: &Path,
+    source: Box<dyn Read + Send>,
     delimiter: u8,
     skip_header: bool,
     width: usize,
 ) -> Result<Records, IngestError> {
-    let mut reader = open(input, delimiter)?;
+    let mut reader = reader(source, delimiter);
     let (send, chunks) = std::sync::mpsc::sync_channel(2);
     let (recycle, spent) = std::sync::mpsc::sync_channel::<Vec<StringRecord>>(4);
     std::thread::Builder::new()
@@ -262,21 +276,21 @@ fn spawn_reader(
     Ok(Records { chunks, recycle })
 }
 
-fn open(path: &Path, delimiter: u8) -> Result<Reader<std::fs::File>, IngestError> {
+fn reader<R: Read>(source: R, delimiter: u8) -> Reader<R> {
     ReaderBuilder::new()
         .delimiter(delimiter)
         .has_headers(false)
         .flexible(true)
         .buffer_capacity(1 << 20)
-        .from_path(path)
-        .map_err(|e| IngestError::Io(std::io::Error::other(e.to_string())))
+        .from_reader(source)
+}
+
+fn open(path: &Path, delimiter: u8) -> Result<Reader<std::fs::File>, IngestError> {
+    Ok(reader(std::fs::File::open(path)?, delimiter))
 }
 
 /// Reads one record; the record's bytes are checked as UTF-8 once, as a whole.
-fn read(
-    reader: &mut Reader<std::fs::File>,
-    record: &mut StringRecord,
-) -> Result<bool, IngestError> {
+fn read<R: Read>(reader: &mut Reader<R>, record: &mut StringRecord) -> Result<bool, IngestError> {
     reader.read_record(record).map_err(|e| match e.kind() {
         csv::ErrorKind::Utf8 { pos, .. } => invalid(format!(
             "line {}: the bytes are not valid UTF-8 text; re-encode the file as UTF-8",

@@ -8,6 +8,7 @@
 
 mod column;
 mod csv_in;
+mod growing;
 mod jsonl_in;
 mod parquet_in;
 mod sink;
@@ -19,7 +20,10 @@ use std::path::Path;
 use mlmesh_protocol::data::{ColumnInfo, ColumnType};
 use serde::{Deserialize, Serialize};
 
+pub use growing::Growing;
 pub use sink::{read_rows, write_csv};
+
+use std::sync::Arc;
 
 /// How much of the file is looked at to detect format and delimiter.
 const SNIFF_BYTES: usize = 64 * 1024;
@@ -127,12 +131,40 @@ pub struct Ingested {
     pub target: Option<String>,
 }
 
-/// Reads `input`, validates it and writes the normalised Parquet file `output`.
+/// Reads the complete file `input`, validates it and writes the normalised Parquet file
+/// `output`.
 pub fn ingest(input: &Path, output: &Path, options: &Options) -> Result<Ingested, IngestError> {
+    run(input, output, options, None)
+}
+
+/// Like [`ingest`], while `input` is still being written: CSV is parsed as it arrives; other
+/// formats wait for the complete file (Parquet keeps its schema at the end; JSON lines take two
+/// passes anyway).
+pub fn ingest_growing(
+    input: &Path,
+    output: &Path,
+    options: &Options,
+    growing: &Arc<Growing>,
+) -> Result<Ingested, IngestError> {
+    run(input, output, options, Some(growing))
+}
+
+fn run(
+    input: &Path,
+    output: &Path,
+    options: &Options,
+    growing: Option<&Arc<Growing>>,
+) -> Result<Ingested, IngestError> {
     let mut sample = Vec::with_capacity(SNIFF_BYTES);
-    std::fs::File::open(input)?
-        .take(SNIFF_BYTES as u64)
-        .read_to_end(&mut sample)?;
+    match growing {
+        Some(growing) => growing
+            .reader(input)?
+            .take(SNIFF_BYTES as u64)
+            .read_to_end(&mut sample)?,
+        None => std::fs::File::open(input)?
+            .take(SNIFF_BYTES as u64)
+            .read_to_end(&mut sample)?,
+    };
     if sample.iter().all(u8::is_ascii_whitespace) {
         return Err(invalid("the file is empty"));
     }
@@ -142,8 +174,13 @@ pub fn ingest(input: &Path, output: &Path, options: &Options) -> Result<Ingested
             "the file contains NUL bytes: it is binary, not CSV or JSON lines text",
         ));
     }
+    if format != Format::Csv
+        && let Some(growing) = growing
+    {
+        growing.wait_complete()?;
+    }
     let columns = match format {
-        Format::Csv => csv_in::ingest(input, output, options, &sample)?,
+        Format::Csv => csv_in::ingest(input, output, options, &sample, growing)?,
         Format::Jsonl => jsonl_in::ingest(input, output, options)?,
         Format::Parquet => parquet_in::ingest(input, output, options)?,
     };
