@@ -635,10 +635,9 @@ fn kill9(child: &tokio::process::Child) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_survives_kill_9_and_interrupted_uploads_leave_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let wine = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/data/tabular/wine_quality/winequality-white.csv"),
-    )
+    let wine = std::fs::read(mlmesh_testkit::shared_data(
+        "tabular/wine_quality/winequality-white.csv",
+    ))
     .unwrap();
 
     // An acknowledged version survives kill -9.
@@ -731,8 +730,7 @@ async fn cli_uploads_lists_and_shows_datasets() {
             .env_remove("MLMESH_GATEWAY");
         async move { command.output().await.unwrap() }
     };
-    let spambase =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/tabular/spambase/spambase.data");
+    let spambase = mlmesh_testkit::shared_data("tabular/spambase/spambase.data");
     let spambase = spambase.to_str().unwrap();
 
     let out = cli(&[

@@ -22,10 +22,7 @@ async fn start(config: Config) -> Service {
 }
 
 fn shared(path: &str) -> Vec<u8> {
-    let path = FsPath::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/tabular")
-        .join(path);
-    std::fs::read(path).unwrap()
+    std::fs::read(mlmesh_testkit::shared_data(&format!("tabular/{path}"))).unwrap()
 }
 
 async fn post(url: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {

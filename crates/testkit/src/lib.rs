@@ -91,3 +91,19 @@ pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
     let body = response.json().await.unwrap_or(serde_json::Value::Null);
     (status, body)
 }
+
+/// A file of the project's shared third-party test data (`shared/data/` beside the repository,
+/// or the folder named by `MLMESH_SHARED_DATA`).
+pub fn shared_data(relative: &str) -> std::path::PathBuf {
+    let root = std::env::var_os("MLMESH_SHARED_DATA").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"),
+        std::path::PathBuf::from,
+    );
+    let path = root.join(relative);
+    assert!(
+        path.exists(),
+        "test data {} not found: put shared/ beside the repository or set MLMESH_SHARED_DATA",
+        path.display()
+    );
+    path
+}

@@ -1,13 +1,11 @@
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use mlmesh_protocol::data::ColumnType;
 
 use super::*;
 
 fn shared(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/tabular")
-        .join(path)
+    mlmesh_testkit::shared_data(&format!("tabular/{path}"))
 }
 
 fn run(content: &[u8], options: &Options) -> Result<(Ingested, tempfile::TempDir), IngestError> {
