@@ -24,26 +24,45 @@ struct Running {
     server: TestServer,
 }
 
-async fn start_registry() -> Running {
-    let server = TestServer::start_with(|listener, shutdown| {
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let server = ServerConfig {
-            registry_url: Some(url),
-            body_limit_bytes: 64 * 1024,
-            ..ServerConfig::default()
-        };
-        mlmesh_registry::serve(
-            mlmesh_registry::Config::default(),
-            server,
-            listener,
-            shutdown,
-        )
+/// Runs a service's `serve` on 127.0.0.1:0 with `server` settings (the registry URL `None`
+/// means "register with yourself", for the registry).
+async fn start<F, Fut>(name: &'static str, mut server: ServerConfig, serve: F) -> Running
+where
+    F: FnOnce(
+        ServerConfig,
+        tokio::net::TcpListener,
+        std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    ) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    let server = TestServer::start_with(move |listener, shutdown| {
+        if server.registry_url.is_none() {
+            server.registry_url = Some(format!("http://{}", listener.local_addr().unwrap()));
+        }
+        serve(server, listener, shutdown)
     })
     .await;
-    Running {
-        name: mlmesh_registry::SERVICE,
+    Running { name, server }
+}
+
+async fn start_registry() -> Running {
+    let server = ServerConfig {
+        body_limit_bytes: 64 * 1024,
+        ..ServerConfig::default()
+    };
+    start(
+        mlmesh_registry::SERVICE,
         server,
-    }
+        |server, listener, shutdown| {
+            mlmesh_registry::serve(
+                mlmesh_registry::Config::default(),
+                server,
+                listener,
+                shutdown,
+            )
+        },
+    )
+    .await
 }
 
 async fn start_data(registry: &str, dir: &Path) -> Running {
@@ -52,14 +71,14 @@ async fn start_data(registry: &str, dir: &Path) -> Running {
         data_dir: Some(dir.to_path_buf()),
         ..ServerConfig::default()
     };
-    let server = TestServer::start_with(move |listener, shutdown| {
-        mlmesh_data::serve(mlmesh_data::Config::default(), server, listener, shutdown)
-    })
-    .await;
-    Running {
-        name: mlmesh_data::SERVICE,
+    start(
+        mlmesh_data::SERVICE,
         server,
-    }
+        |server, listener, shutdown| {
+            mlmesh_data::serve(mlmesh_data::Config::default(), server, listener, shutdown)
+        },
+    )
+    .await
 }
 
 async fn start_dashboard(registry: &str) -> Running {
@@ -67,19 +86,19 @@ async fn start_dashboard(registry: &str) -> Running {
         registry_url: Some(registry.to_string()),
         ..ServerConfig::default()
     };
-    let server = TestServer::start_with(move |listener, shutdown| {
-        mlmesh_dashboard::serve(
-            mlmesh_dashboard::Config::default(),
-            server,
-            listener,
-            shutdown,
-        )
-    })
-    .await;
-    Running {
-        name: mlmesh_dashboard::SERVICE,
+    start(
+        mlmesh_dashboard::SERVICE,
         server,
-    }
+        |server, listener, shutdown| {
+            mlmesh_dashboard::serve(
+                mlmesh_dashboard::Config::default(),
+                server,
+                listener,
+                shutdown,
+            )
+        },
+    )
+    .await
 }
 
 fn assert_error_shape(status: u16, body: &Value, want: u16, what: &str) {

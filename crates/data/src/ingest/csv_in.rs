@@ -16,7 +16,7 @@ use mlmesh_protocol::data::{ColumnInfo, ColumnType};
 use super::column::Inference;
 use super::growing::Growing;
 use super::sink::Sink;
-use super::{IngestError, Options, batch_rows, check_names, invalid};
+use super::{IngestError, Options, batch_rows, check_names, invalid, resolve_types};
 
 const DELIMITERS: [u8; 4] = [b',', b';', b'\t', b'|'];
 /// Records handed from the parsing thread to the typing loop at a time.
@@ -96,29 +96,15 @@ pub fn ingest(
         names,
         nulls,
     };
-    let guessed = types(&plan.names, &guess, options);
+    let guessed = resolve_types(&plan.names, &guess, options);
     if let Some(columns) = write(input, growing, output, options, &plan, &guessed, true)? {
         return Ok(columns);
     }
     complete()?;
     let inferred = infer(input, &plan)?;
-    let exact = types(&plan.names, &inferred, options);
+    let exact = resolve_types(&plan.names, &inferred, options);
     write(input, None, output, options, &plan, &exact, false)?
         .ok_or_else(|| IngestError::Parquet("exact pass asked for another pass".into()))
-}
-
-fn types(names: &[String], inference: &[Inference], options: &Options) -> Vec<ColumnType> {
-    names
-        .iter()
-        .zip(inference)
-        .map(|(name, inferred)| {
-            options
-                .types
-                .get(name)
-                .copied()
-                .unwrap_or(inferred.resolve())
-        })
-        .collect()
 }
 
 fn observe(inference: &mut [Inference], record: &StringRecord, nulls: &NullTokens<'_>) {

@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-use mlmesh_protocol::data::{ColumnInfo, ColumnType};
+use mlmesh_protocol::data::ColumnInfo;
 use serde_json::{Map, Value};
 
 use super::column::Inference;
 use super::sink::Sink;
-use super::{IngestError, Options, batch_rows, check_names, invalid};
+use super::{IngestError, Options, batch_rows, check_names, invalid, resolve_types};
 
 /// Calls `each` with every non-blank line's object and its line number.
 fn for_each_object(
@@ -85,17 +85,7 @@ pub fn ingest(
         return Err(invalid("the file has no rows"));
     }
     check_names(&names, options)?;
-    let types: Vec<ColumnType> = names
-        .iter()
-        .zip(&inference)
-        .map(|(name, inferred)| {
-            options
-                .types
-                .get(name)
-                .copied()
-                .unwrap_or(inferred.resolve())
-        })
-        .collect();
+    let types = resolve_types(&names, &inference, options);
     let mut sink = Sink::create(
         output,
         names.iter().cloned().zip(types).collect(),

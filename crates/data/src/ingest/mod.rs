@@ -256,6 +256,25 @@ fn check_names(names: &[String], options: &Options) -> Result<(), IngestError> {
     Ok(())
 }
 
+/// Each column's type: the user's override, else what inference found.
+fn resolve_types(
+    names: &[String],
+    inference: &[column::Inference],
+    options: &Options,
+) -> Vec<ColumnType> {
+    names
+        .iter()
+        .zip(inference)
+        .map(|(name, inferred)| {
+            options
+                .types
+                .get(name)
+                .copied()
+                .unwrap_or_else(|| inferred.resolve())
+        })
+        .collect()
+}
+
 /// Rows per written batch for `columns` columns.
 fn batch_rows(options: &Options, columns: usize) -> usize {
     (options.batch_cells / columns.max(1)).clamp(1_024, 65_536)
