@@ -252,6 +252,8 @@ async fn a_client_that_disconnects_mid_upload_leaves_nothing() {
     })
     .await;
     let url = &svc.server.url;
+    let (status, _) = post(&format!("{url}/v1/datasets/before"), "a\n1\n").await;
+    assert_eq!(status, 201);
     let stream = partial_upload(url, "gone").await;
     eventually(
         Duration::from_secs(5),
@@ -259,6 +261,19 @@ async fn a_client_that_disconnects_mid_upload_leaves_nothing() {
         || async { (leftovers(svc.dir.path()) == 1).then_some(()) },
     )
     .await;
+    // Reads answer while an upload is in flight.
+    for path in [
+        "/v1/datasets",
+        "/v1/datasets/before",
+        "/v1/datasets/before/versions/1/rows",
+        "/v1/events",
+    ] {
+        let (status, _) =
+            tokio::time::timeout(Duration::from_secs(2), get_json(&format!("{url}{path}")))
+                .await
+                .expect("a read waited on the upload");
+        assert_eq!(status, 200, "{path}");
+    }
     // While it holds the only upload slot, another upload is turned away with 429.
     let response = http()
         .post(format!("{url}/v1/datasets/other"))
