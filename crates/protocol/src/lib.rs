@@ -7,6 +7,7 @@
 pub mod control;
 pub mod data;
 pub mod registry;
+pub mod v2;
 
 use std::collections::BTreeMap;
 
