@@ -58,6 +58,7 @@ impl Config {
 #[derive(Debug, Clone)]
 pub struct AppState {
     discovery: Option<Discovery>,
+    registry: Option<RegistryClient>,
     registry_url: Option<String>,
     http: reqwest::Client,
 }
@@ -97,6 +98,7 @@ pub fn router(
         .unwrap_or_default();
     let state = AppState {
         discovery,
+        registry: server.registry_url.as_deref().map(RegistryClient::new),
         registry_url: server.registry_url.clone(),
         http,
     };
@@ -166,7 +168,13 @@ async fn page() -> Html<&'static str> {
 #[utoipa::path(get, path = "/v1/overview", tag = "dashboard",
     responses((status = 200, body = Overview)))]
 async fn overview(State(state): State<AppState>) -> Json<Overview> {
-    let snapshot = state.discovery.as_ref().and_then(Discovery::snapshot);
+    // Ask the registry itself: heartbeats do not change the watched snapshot, so only a fresh
+    // look shows each instance's lease age. The watched cache stands in when it is unreachable.
+    let live = match &state.registry {
+        Some(registry) => registry.instances(None).await.ok().map(std::sync::Arc::new),
+        None => None,
+    };
+    let snapshot = live.or_else(|| state.discovery.as_ref().and_then(Discovery::snapshot));
     let instances = snapshot.as_ref().map_or(&[][..], |s| &s.instances[..]);
     // Probe all instances concurrently: the page's latency is the slowest probe, not the sum.
     let probes = instances.iter().map(|i| {
