@@ -33,8 +33,12 @@ pub fn parse_bool(text: &str) -> Option<bool> {
 }
 
 /// Finite floats only: an infinite feature value is a data error, not a number to train on.
+/// `fast-float2` parses the whole cell (a trailing character is an error, as with std), about
+/// twice as fast as `str::parse` — float parsing was the largest cost of typing a CSV.
 pub fn parse_float(text: &str) -> Option<f64> {
-    text.parse::<f64>().ok().filter(|v| v.is_finite())
+    fast_float2::parse::<f64, _>(text)
+        .ok()
+        .filter(|v| v.is_finite())
 }
 
 /// What the non-null values of a column seen so far could all be.
@@ -379,6 +383,46 @@ mod tests {
         assert_eq!(infer(&["1", "x"]), ColumnType::String);
         assert_eq!(infer(&["1", "inf"]), ColumnType::String);
         assert_eq!(infer(&[]), ColumnType::String);
+    }
+
+    #[test]
+    fn float_parsing_accepts_exactly_what_std_accepts() {
+        let cases = [
+            "1.5",
+            "1.5x",
+            " 1.5",
+            "1.5 ",
+            "",
+            "-",
+            "+",
+            ".",
+            "1e5",
+            "1E-3",
+            "1e",
+            "e5",
+            "nan",
+            "NaN",
+            "inf",
+            "-infinity",
+            "+3",
+            ".5",
+            "5.",
+            "-.5",
+            "0x10",
+            "1_000",
+            "1,5",
+            "١",
+            "--1",
+            "1.7976931348623157e308",
+            "1e309",
+            "4.9e-324",
+            "0.1",
+            "123456789012345678901234567890",
+        ];
+        for case in cases {
+            let std = case.parse::<f64>().ok().filter(|v| v.is_finite());
+            assert_eq!(parse_float(case), std, "{case:?}");
+        }
     }
 
     #[test]
