@@ -215,7 +215,7 @@ async fn show(service: &Platform, name: &str, json: bool) -> anyhow::Result<()> 
         let distinct = if s.distinct_exact {
             s.distinct.to_string()
         } else {
-            format!("≥{}", s.distinct)
+            format!("~{}", s.distinct)
         };
         println!(
             "{:<28} {:<8} {:>8} {:>6} {:>12} {:>12} {:>12} {:>12} {:>9}",
