@@ -66,27 +66,41 @@ fn decode((mut info, columns): (VersionInfo, String)) -> Result<VersionInfo, Sto
     Ok(info)
 }
 
+/// Content addresses are exactly this many hex digits (see `routes::content_address`).
+pub const ADDRESS_LEN: usize = 16;
+
+/// `which` as a version number: digits, shorter than a content address (an address can be all
+/// decimal digits, and must still be found as an address).
+fn version_number(which: &str) -> Option<u64> {
+    (which.len() < ADDRESS_LEN)
+        .then(|| which.parse().ok())
+        .flatten()
+}
+
 /// A version by content address, by number (`3`), or `latest`.
 pub fn version(
     conn: &Connection,
     name: &str,
     which: &str,
 ) -> Result<Option<VersionInfo>, StoreError> {
-    let sql = match which {
-        "latest" => format!(
-            "SELECT {VERSION_COLUMNS} FROM versions WHERE dataset = ?1 AND ?2 = ?2 ORDER BY number DESC LIMIT 1"
-        ),
-        w if w.chars().all(|c| c.is_ascii_digit()) => {
-            format!(
-                "SELECT {VERSION_COLUMNS} FROM versions WHERE dataset = ?1 AND number = CAST(?2 AS INTEGER)"
-            )
-        }
-        _ => format!("SELECT {VERSION_COLUMNS} FROM versions WHERE dataset = ?1 AND version = ?2"),
+    let select = format!("SELECT {VERSION_COLUMNS} FROM versions WHERE dataset = ?1");
+    let found = if which == "latest" {
+        let sql = format!("{select} ORDER BY number DESC LIMIT 1");
+        conn.query_row(&sql, params![name], version_row)
+    } else if let Some(number) = version_number(which) {
+        conn.query_row(
+            &format!("{select} AND number = ?2"),
+            params![name, number],
+            version_row,
+        )
+    } else {
+        conn.query_row(
+            &format!("{select} AND version = ?2"),
+            params![name, which],
+            version_row,
+        )
     };
-    conn.query_row(&sql, params![name, which], version_row)
-        .optional()?
-        .map(decode)
-        .transpose()
+    found.optional()?.map(decode).transpose()
 }
 
 pub fn upload_response(name: &str, info: &VersionInfo, created: bool) -> UploadResponse {
@@ -250,4 +264,17 @@ pub fn all_versions(conn: &Connection) -> Result<Vec<(String, String)>, StoreErr
     let mut statement = conn.prepare("SELECT dataset, version FROM versions")?;
     let rows = statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_all_digit_content_address_is_not_a_number() {
+        assert_eq!(version_number("3"), Some(3));
+        assert_eq!(version_number("1234567890123456"), None);
+        assert_eq!(version_number("latest"), None);
+        assert_eq!(version_number("3a"), None);
+    }
 }

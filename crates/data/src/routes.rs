@@ -234,7 +234,7 @@ fn hex(bytes: &[u8]) -> String {
 fn content_address(content_sha256: &str, options: &Options) -> String {
     let options = serde_json::to_string(options).unwrap_or_default();
     let digest = Sha256::digest(format!("{content_sha256}\n{options}").as_bytes());
-    hex(&digest[..8])
+    hex(&digest[..db::ADDRESS_LEN / 2])
 }
 
 /// Temporary files of one upload, removed when dropped (whatever happened: error, a client
@@ -277,13 +277,10 @@ async fn receive(
     let mut stream = body.into_data_stream();
     loop {
         let chunk = match stream.next().await {
-            Some(chunk) => Some(chunk.map_err(|e| {
-                if e.to_string().contains("length limit") {
-                    DataError::TooLarge(limit)
-                } else {
-                    DataError::Invalid(format!("the upload was interrupted: {e}"))
-                }
-            })?),
+            Some(chunk) => Some(
+                chunk
+                    .map_err(|e| DataError::Invalid(format!("the upload was interrupted: {e}")))?,
+            ),
             None => None,
         };
         if let Some(chunk) = &chunk {

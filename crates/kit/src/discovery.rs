@@ -52,10 +52,6 @@ impl RegistryClient {
         }
     }
 
-    pub fn base_url(&self) -> &str {
-        &self.base
-    }
-
     fn instance_url(&self, service: &str, id: &str) -> String {
         format!("{}/v1/services/{service}/instances/{id}", self.base)
     }

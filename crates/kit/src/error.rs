@@ -42,9 +42,6 @@ impl ApiError {
     pub fn not_found(msg: impl Into<String>) -> Self {
         Self::NotFound(msg.into())
     }
-    pub fn internal(err: impl std::fmt::Display) -> Self {
-        Self::Internal(err.to_string())
-    }
 
     pub fn status(&self) -> StatusCode {
         match self {

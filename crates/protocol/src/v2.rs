@@ -40,10 +40,6 @@ impl Datatype {
             _ => return None,
         })
     }
-
-    pub fn is_numeric(self) -> bool {
-        !matches!(self, Self::Bool | Self::Bytes)
-    }
 }
 
 /// `POST /v2/models/{name}[/versions/{v}]/infer` request.

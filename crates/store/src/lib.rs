@@ -117,10 +117,6 @@ impl Store {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Runs `work` in one IMMEDIATE transaction on the blocking pool and commits it; an error
     /// rolls everything back. Returns once the commit is durable.
     pub async fn write<T, F>(&self, work: F) -> Result<T, StoreError>

@@ -304,11 +304,16 @@ impl ColumnBuilder {
         if self.try_text(raw, trimmed) {
             return Ok(());
         }
-        Err(IngestError::Invalid(format!(
-            "line {line}: value {trimmed:?} in column {:?} is not {}",
+        Err(self.mismatch(trimmed, line))
+    }
+
+    /// The error for a value that does not fit this column's type.
+    pub fn mismatch(&self, value: &str, line: u64) -> IngestError {
+        IngestError::Invalid(format!(
+            "line {line}: value {value:?} in column {:?} is not {}",
             self.name,
             article(self.column_type)
-        )))
+        ))
     }
 
     /// A typed cell (JSON lines).

@@ -185,10 +185,7 @@ fn write(
                     if speculative && !overridden[index] {
                         return Ok(None);
                     }
-                    return Err(column
-                        .text(raw, text, line_of(record))
-                        .err()
-                        .unwrap_or_else(|| invalid("a value does not fit its column")));
+                    return Err(column.mismatch(text, line_of(record)));
                 }
             }
             sink.end_row()?;
