@@ -17,6 +17,16 @@ pub enum Service {
     Registry,
     Data,
     Dashboard,
+    /// A model service; the family comes from `--family`.
+    Model,
+    #[value(name = "model-trees")]
+    ModelTrees,
+    #[value(name = "model-linear")]
+    ModelLinear,
+    #[value(name = "model-neural")]
+    ModelNeural,
+    #[value(name = "model-onnx")]
+    ModelOnnx,
 }
 
 impl Service {
@@ -25,6 +35,22 @@ impl Service {
             Self::Registry => mlmesh_registry::SERVICE,
             Self::Data => mlmesh_data::SERVICE,
             Self::Dashboard => mlmesh_dashboard::SERVICE,
+            Self::Model => "model",
+            Self::ModelTrees => "model-trees",
+            Self::ModelLinear => "model-linear",
+            Self::ModelNeural => "model-neural",
+            Self::ModelOnnx => "model-onnx",
+        }
+    }
+
+    /// The algorithm family of a model service.
+    pub fn family(self) -> Option<&'static str> {
+        match self {
+            Self::ModelTrees => Some("trees"),
+            Self::ModelLinear => Some("linear"),
+            Self::ModelNeural => Some("neural"),
+            Self::ModelOnnx => Some("onnx"),
+            _ => None,
         }
     }
 
@@ -61,6 +87,9 @@ pub struct ServeArgs {
     /// Instance id in the registry (sets `server.instance_id`).
     #[arg(long)]
     pub instance_id: Option<String>,
+    /// Algorithm family of `serve model`: trees, linear, neural or onnx (sets `model.family`).
+    #[arg(long)]
+    pub family: Option<String>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -77,6 +106,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         (
             "server.data_dir",
             args.data_dir.as_ref().map(|d| d.display().to_string()),
+        ),
+        (
+            "model.family",
+            args.family
+                .clone()
+                .or_else(|| args.service.family().map(str::to_string)),
         ),
     ];
     for (key, value) in flags {
@@ -106,6 +141,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let config: mlmesh_dashboard::Config = sources.load("dashboard")?;
             config.validate()?;
             mlmesh_dashboard::serve(config, server, listener, shutdown_signal()).await?;
+        }
+        Service::Model
+        | Service::ModelTrees
+        | Service::ModelLinear
+        | Service::ModelNeural
+        | Service::ModelOnnx => {
+            let config: mlmesh_model::Config = sources.load("model")?;
+            config.validate()?;
+            mlmesh_model::serve(config, server, listener, shutdown_signal()).await?;
         }
     }
     Ok(())

@@ -93,13 +93,17 @@ async fn start(
     State(state): State<ControlState>,
     Json(request): Json<StartReplica>,
 ) -> Result<Response, ApiError> {
-    let service = Service::from_name(&request.service).ok_or_else(|| {
-        let known: Vec<_> = <Service as clap::ValueEnum>::value_variants()
-            .iter()
-            .map(|s| s.name())
-            .collect();
-        SupervisorError::UnknownService(request.service.clone(), known.join(", "))
-    })?;
+    // `model` alone names no family: replicas are started as model-<family>.
+    let service = Service::from_name(&request.service)
+        .filter(|s| *s != Service::Model)
+        .ok_or_else(|| {
+            let known: Vec<_> = <Service as clap::ValueEnum>::value_variants()
+                .iter()
+                .filter(|s| **s != Service::Model)
+                .map(|s| s.name())
+                .collect();
+            SupervisorError::UnknownService(request.service.clone(), known.join(", "))
+        })?;
     let replica = state.supervisor.start(service, false)?;
     Ok((StatusCode::CREATED, Json(replica)).into_response())
 }

@@ -42,7 +42,15 @@ pub struct UpArgs {
 }
 
 /// The services `up` starts, in order; the registry first, since everyone registers with it.
-const PLATFORM: &[Service] = &[Service::Registry, Service::Data, Service::Dashboard];
+const PLATFORM: &[Service] = &[
+    Service::Registry,
+    Service::Data,
+    Service::ModelTrees,
+    Service::ModelLinear,
+    Service::ModelNeural,
+    Service::ModelOnnx,
+    Service::Dashboard,
+];
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)

@@ -158,7 +158,7 @@ async fn decode<T: serde::de::DeserializeOwned>(
 /// Keeps one instance registered for as long as it runs.
 #[derive(Debug)]
 pub struct Registrar {
-    registration: watch::Sender<Registration>,
+    registration: Arc<watch::Sender<Registration>>,
     cancel: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -174,7 +174,7 @@ impl Registrar {
         let cancel = CancellationToken::new();
         let task = tokio::spawn(keep_registered(client, service, id, rx, cancel.clone()));
         Self {
-            registration: tx,
+            registration: Arc::new(tx),
             cancel,
             task,
         }
@@ -183,6 +183,25 @@ impl Registrar {
     /// Publishes new metadata (e.g. the models this replica now serves) at once.
     pub fn update(&self, registration: Registration) {
         self.registration.send_replace(registration);
+    }
+
+    /// Publishes every new value of `metadata` (e.g. the models a replica serves) until stopped.
+    pub fn follow_metadata(
+        &self,
+        mut metadata: watch::Receiver<std::collections::BTreeMap<String, serde_json::Value>>,
+    ) {
+        let registration = Arc::clone(&self.registration);
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                let current = metadata.borrow_and_update().clone();
+                registration.send_modify(|r| r.metadata = current);
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    changed = metadata.changed() => if changed.is_err() { return },
+                }
+            }
+        });
     }
 
     /// Deregisters and stops heartbeating.

@@ -50,6 +50,9 @@ pub struct Participation {
     pub service: String,
     pub version: String,
     pub metadata: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Metadata that changes while the service runs; each new value replaces `metadata`.
+    pub metadata_updates:
+        Option<tokio::sync::watch::Receiver<std::collections::BTreeMap<String, serde_json::Value>>>,
 }
 
 impl Participation {
@@ -59,6 +62,7 @@ impl Participation {
             service: service.to_string(),
             version: version.to_string(),
             metadata: std::collections::BTreeMap::new(),
+            metadata_updates: None,
         }
     }
 }
@@ -97,6 +101,9 @@ pub async fn run_service(
             },
         )
     });
+    if let (Some(registrar), Some(updates)) = (&registrar, participation.metadata_updates) {
+        registrar.follow_metadata(updates);
+    }
     tracing::info!(service = %participation.service, %url, "serving");
     serve(listener, router, async move {
         shutdown.await;
