@@ -36,6 +36,20 @@ enum Command {
         #[command(flatten)]
         platform: cli::PlatformArgs,
     },
+    /// Train a model on a dataset: follows the job and prints the metrics.
+    Train {
+        #[command(flatten)]
+        args: cli::model::TrainArgs,
+        #[command(flatten)]
+        platform: cli::PlatformArgs,
+    },
+    /// Predict with a model (Open Inference Protocol request, or a CSV file).
+    Predict {
+        #[command(flatten)]
+        args: cli::model::PredictArgs,
+        #[command(flatten)]
+        platform: cli::ConnectArgs,
+    },
 }
 
 /// Options every command that reads configuration shares.
@@ -75,7 +89,10 @@ fn exit_quietly_on_closed_pipe() {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Data { .. }) {
+    if matches!(
+        cli.command,
+        Command::Data { .. } | Command::Train { .. } | Command::Predict { .. }
+    ) {
         exit_quietly_on_closed_pipe();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -93,6 +110,10 @@ fn main() -> std::process::ExitCode {
             Command::Up(args) => up::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Data { command, platform } => cli::data::run(command, &platform).await,
+            Command::Train { args, platform } => cli::model::train(args, &platform).await,
+            Command::Predict { args, platform } => {
+                cli::model::predict(args, &platform.into()).await
+            }
         }
     });
     match result {

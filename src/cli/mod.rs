@@ -3,6 +3,7 @@
 //! service's own URL); the key from `--api-key` or `MLMESH_API_KEY`, else `DATA_DIR/admin.key`.
 
 pub mod data;
+pub mod model;
 
 use std::path::PathBuf;
 
@@ -28,6 +29,31 @@ pub struct PlatformArgs {
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+/// [`PlatformArgs`] without `--json`, for `predict`, whose `--json` is the request.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectArgs {
+    /// The platform's entry point.
+    #[arg(long, env = "MLMESH_GATEWAY")]
+    pub gateway: Option<String>,
+    /// API key (sent as `Authorization: Bearer`).
+    #[arg(long, env = "MLMESH_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Where `mlmesh up` keeps `endpoints.json` and `admin.key`.
+    #[arg(long, env = "MLMESH_DATA_DIR", default_value = "mlmesh-data")]
+    pub data_dir: PathBuf,
+}
+
+impl From<ConnectArgs> for PlatformArgs {
+    fn from(args: ConnectArgs) -> Self {
+        Self {
+            gateway: args.gateway,
+            api_key: args.api_key,
+            data_dir: args.data_dir,
+            json: false,
+        }
+    }
 }
 
 /// A connection to one service of a running platform.
