@@ -17,6 +17,9 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+#[path = "platform/models.rs"]
+mod models;
+
 // ---------------------------------------------------------------- compliance
 
 struct Running {
@@ -98,6 +101,22 @@ async fn start_dashboard(registry: &str) -> Running {
             )
         },
     )
+    .await
+}
+
+async fn start_model(registry: &str, dir: &Path) -> Running {
+    let server = ServerConfig {
+        registry_url: Some(registry.to_string()),
+        data_dir: Some(dir.to_path_buf()),
+        ..ServerConfig::default()
+    };
+    start("model-trees", server, |server, listener, shutdown| {
+        let config = mlmesh_model::Config {
+            family: "trees".into(),
+            ..mlmesh_model::Config::default()
+        };
+        mlmesh_model::serve(config, server, listener, shutdown)
+    })
     .await
 }
 
@@ -277,7 +296,8 @@ async fn every_service_complies_with_the_service_spec() {
     let dashboard = start_dashboard(&registry_url).await;
     let data_dir = tempfile::tempdir().unwrap();
     let data = start_data(&registry_url, data_dir.path()).await;
-    for service in [&registry, &dashboard, &data] {
+    let model = start_model(&registry_url, data_dir.path()).await;
+    for service in [&registry, &dashboard, &data, &model] {
         check(service, &registry_url).await;
     }
     // 12: a stopped service deregisters.
@@ -619,9 +639,15 @@ async fn config_errors_name_the_key_and_exit_non_zero() {
 
 /// Runs `mlmesh serve data` on a free port; the URL comes from its `serving` log line.
 async fn serve_data(dir: &Path) -> (tokio::process::Child, String) {
+    serve_service(&["serve", "data"], dir).await
+}
+
+/// Runs `mlmesh ARGS --port 0 --data-dir DIR`; the URL comes from its `serving` log line.
+async fn serve_service(args: &[&str], dir: &Path) -> (tokio::process::Child, String) {
     use tokio::io::AsyncBufReadExt;
     let mut child = mlmesh()
-        .args(["serve", "data", "--port", "0", "--data-dir"])
+        .args(args)
+        .args(["--port", "0", "--data-dir"])
         .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -637,10 +663,10 @@ async fn serve_data(dir: &Path) -> (tokio::process::Child, String) {
                 return entry["url"].as_str().unwrap().to_string();
             }
         }
-        panic!("mlmesh serve data exited before serving");
+        panic!("mlmesh {args:?} exited before serving");
     })
     .await
-    .expect("data service started");
+    .expect("service started");
     // Keep draining the log so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, url)

@@ -580,10 +580,9 @@ fn fit_rows(
     // A classifier must answer probabilities with one column per class it knows.
     if let (Prediction::Probabilities(p), Target::Classes { n_classes, .. }) =
         (model.predict(&prep.transform(&train.select(&[0]))), &y)
+        && p.cols != *n_classes
     {
-        if p.cols != *n_classes {
-            return Err("the fitted model's classes do not match the target's".into());
-        }
+        return Err("the fitted model's classes do not match the target's".into());
     }
     Ok((model, prep))
 }

@@ -41,6 +41,9 @@ pub fn runtime(library: Option<&std::path::Path>) -> Result<&'static Environment
         .map_err(Clone::clone)
 }
 
+/// Row-major outputs, the ZipMap keys (if any), and the number of outputs per row.
+type Executed = (Vec<f64>, Option<Vec<String>>, usize);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Probabilities {
     Tensor,
@@ -213,11 +216,7 @@ impl OnnxModel {
     }
 
     /// Runs `x`; returns the row-major outputs, the ZipMap keys, and the width.
-    fn execute(
-        &self,
-        x: &Matrix,
-        session: &mut Session,
-    ) -> Result<(Vec<f64>, Option<Vec<String>>, usize), String> {
+    fn execute(&self, x: &Matrix, session: &mut Session) -> Result<Executed, String> {
         let shape = [x.rows, self.width];
         let input = if self.double {
             Tensor::from_array((shape, x.data.clone())).map(|t| t.upcast())
@@ -295,8 +294,8 @@ impl OnnxModel {
         let mut x = Matrix::zeros(rows, self.width);
         for (j, column) in frame.columns.iter().enumerate() {
             if let mlmesh_learn::prep::ColumnData::Numeric(v) = column {
-                for r in 0..rows {
-                    x.data[r * self.width + j] = v[r];
+                for (r, value) in v.iter().enumerate() {
+                    x.data[r * self.width + j] = *value;
                 }
             }
         }

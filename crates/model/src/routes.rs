@@ -274,16 +274,15 @@ impl AppState {
                 ))
             })?),
         };
-        if let Some(number) = number {
-            if let Some(hit) = self
+        if let Some(number) = number
+            && let Some(hit) = self
                 .0
                 .cache
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&(name.to_string(), number))
-            {
-                return Ok(Arc::clone(hit));
-            }
+        {
+            return Ok(Arc::clone(hit));
         }
         let explicit = which.is_some_and(|w| w != "latest");
         let (model, which) = (
