@@ -579,7 +579,8 @@ async fn up_runs_supervises_and_stops_the_platform() {
         .values()
         .filter_map(|r| r["pid"].as_i64())
         .collect();
-    assert_eq!(pids.len(), 3);
+    // registry, data, dashboard and the four model services.
+    assert_eq!(pids.len(), 7);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(up.id().unwrap()).unwrap()),
         nix::sys::signal::Signal::SIGTERM,
