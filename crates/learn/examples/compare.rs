@@ -3,7 +3,7 @@
 //! and prints one JSON line per algorithm with metrics, train time, single-row latency and
 //! batch throughput. Preprocessing is the service's own ([`mlmesh_learn::prep`]).
 //!
-//! `cargo run --release -p mlmesh-learn --example compare -- DIR classification|regression [SEED]`
+//! `cargo run --release -p mlmesh-learn --example compare -- DIR classification|regression [SEED [ALGORITHM]]`
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -50,6 +50,7 @@ fn main() {
         Task::Classification
     };
     let seed: u64 = args.get(3).map_or(0, |s| s.parse().expect("a seed"));
+    let only = args.get(4).cloned();
     let (train, y_train) = read(&format!("{dir}/train.csv"));
     let (test, y_test) = read(&format!("{dir}/test.csv"));
     let target = |y: &[f64]| match task {
@@ -63,7 +64,11 @@ fn main() {
         Task::Regression => Target::Values(y.to_vec()),
     };
     let (t_train, t_test) = (target(&y_train), target(&y_test));
-    for algorithm in ALGORITHMS.into_iter().filter(|a| a.tasks().contains(&task)) {
+    let chosen = ALGORITHMS
+        .into_iter()
+        .filter(|a| a.tasks().contains(&task))
+        .filter(|a| only.as_deref().is_none_or(|o| o == a.name()));
+    for algorithm in chosen {
         let params =
             Params::resolve(algorithm, task, &BTreeMap::new()).expect("defaults are valid");
         let mut times = Vec::new();

@@ -270,9 +270,10 @@ pub fn fit(
         Algorithm::LinearRegression | Algorithm::Ridge => {
             Estimator::Linear(linear::fit_least_squares(algorithm, params, x, target)?)
         }
-        Algorithm::LinearSvm => {
-            Estimator::Linear(linear::fit_svm(params, x, target, seed, progress)?)
-        }
+        Algorithm::LinearSvm => Estimator::Linear(match target {
+            Target::Classes { .. } => linear::fit_svm(params, x, target, seed, progress)?,
+            Target::Values(_) => linear::fit_svr(params, x, target, progress)?,
+        }),
         Algorithm::GaussianNb => Estimator::GaussianNb(nb::fit(params, x, target)?),
         Algorithm::Knn => Estimator::Knn(knn::fit(params, x, target)?),
         Algorithm::Mlp => Estimator::Mlp(mlp::fit(params, x, target, seed, progress)?),

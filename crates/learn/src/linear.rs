@@ -485,6 +485,45 @@ fn svm_dual(
     w
 }
 
+/// Linear support vector regression, squared ε-insensitive loss (scikit-learn's `LinearSVR`
+/// with `loss="squared_epsilon_insensitive"`), by L-BFGS on the primal. The target is
+/// standardised while fitting (ε is in those units) and the weights scaled back.
+pub fn fit_svr(params: &Params, x: &Matrix, target: &Target, progress: &Progress) -> Result<LinearModel, FitError> {
+    let Target::Values(y) = target else {
+        return Err(FitError::Invalid("expected a numeric target".into()));
+    };
+    let (n, p) = (x.rows, x.cols);
+    let c = params.float("C", 1.0);
+    let epsilon = params.float("epsilon", 0.0);
+    let mean = y.iter().sum::<f64>() / n as f64;
+    let std = (y.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
+    let std = if std > 0.0 { std } else { 1.0 };
+    let scaled: Vec<f64> = y.iter().map(|v| (v - mean) / std).collect();
+    let objective = |w: &[f64], grad: &mut [f64]| -> f64 {
+        grad.copy_from_slice(w);
+        let mut loss = 0.5 * dot(w, w);
+        for i in 0..n {
+            let row = x.row(i);
+            let residual = scaled[i] - (dot(&w[..p], row) + w[p]);
+            let excess = residual.abs() - epsilon;
+            if excess > 0.0 {
+                loss += c * excess * excess;
+                let factor = -2.0 * c * excess * residual.signum();
+                grad[..p].iter_mut().zip(row).for_each(|(g, xv)| *g += factor * xv);
+                grad[p] += factor;
+            }
+        }
+        loss
+    };
+    let w = lbfgs(vec![0.0; p + 1], objective, params.usize("max_iter", 1000), params.float("tol", 1e-4) * n as f64, progress)?;
+    Ok(LinearModel {
+        link: Link::Identity,
+        coef: Matrix::new(1, p, w[..p].iter().map(|v| v * std).collect()),
+        intercept: vec![w[p] * std + mean],
+        platt: None,
+    })
+}
+
 /// The primal: ½‖[w, b]‖² + C·Σ max(0, 1 − y·(w·x + b))², by L-BFGS.
 fn svm_primal(
     x: &Matrix,

@@ -198,9 +198,7 @@ impl Algorithm {
     /// The tasks this algorithm can do.
     pub fn tasks(self) -> &'static [Task] {
         match self {
-            Self::LogisticRegression | Self::GaussianNb | Self::LinearSvm => {
-                &[Task::Classification]
-            }
+            Self::LogisticRegression | Self::GaussianNb => &[Task::Classification],
             Self::LinearRegression | Self::Ridge => &[Task::Regression],
             _ => &[Task::Classification, Task::Regression],
         }
