@@ -174,6 +174,7 @@ async fn models_train_evaluate_and_serve_every_algorithm() {
         (&trees, "gradient_boosting", 0.25),
         (&linear, "linear_regression", 0.25),
         (&linear, "ridge", 0.25),
+        (&linear, "linear_svm", 0.25),
         (&linear, "knn", 0.1),
         (&neural, "mlp", 0.1),
     ];
@@ -710,6 +711,32 @@ async fn kill_9_during_training_fails_the_job_and_keeps_acknowledged_versions() 
     .await;
     kill9(&child);
     let (_child, trees) = super::serve_service(&args, &models).await;
+    // A cancel stops a running job; it leaves no version either.
+    let (_, running) = post(
+        &format!("{trees}/v1/models/cancelled/train"),
+        &json!({"dataset": "spam", "algorithm": "random_forest", "params": {"n_estimators": 5000}}),
+    )
+    .await;
+    let cancelled_id = running["job"].as_str().unwrap().to_string();
+    eventually(WAIT, "training running", || async {
+        let (_, job) = get_json(&format!("{trees}/v1/jobs/{cancelled_id}")).await;
+        (job["state"] == "running").then_some(())
+    })
+    .await;
+    let (status, _) = post(
+        &format!("{trees}/v1/jobs/{cancelled_id}/cancel"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let job = eventually(WAIT, "job cancelled", || async {
+        let (_, job) = get_json(&format!("{trees}/v1/jobs/{cancelled_id}")).await;
+        (job["state"] == "cancelled").then_some(job)
+    })
+    .await;
+    assert!(job["version"].is_null(), "{job}");
+    let (status, _) = get_json(&format!("{trees}/v1/models/cancelled")).await;
+    assert_eq!(status, 404);
     let (_, job) = get_json(&format!("{trees}/v1/jobs/{id}")).await;
     assert_eq!(job["state"], "failed", "{job}");
     assert!(

@@ -488,7 +488,12 @@ fn svm_dual(
 /// Linear support vector regression, squared ε-insensitive loss (scikit-learn's `LinearSVR`
 /// with `loss="squared_epsilon_insensitive"`), by L-BFGS on the primal. The target is
 /// standardised while fitting (ε is in those units) and the weights scaled back.
-pub fn fit_svr(params: &Params, x: &Matrix, target: &Target, progress: &Progress) -> Result<LinearModel, FitError> {
+pub fn fit_svr(
+    params: &Params,
+    x: &Matrix,
+    target: &Target,
+    progress: &Progress,
+) -> Result<LinearModel, FitError> {
     let Target::Values(y) = target else {
         return Err(FitError::Invalid("expected a numeric target".into()));
     };
@@ -509,13 +514,22 @@ pub fn fit_svr(params: &Params, x: &Matrix, target: &Target, progress: &Progress
             if excess > 0.0 {
                 loss += c * excess * excess;
                 let factor = -2.0 * c * excess * residual.signum();
-                grad[..p].iter_mut().zip(row).for_each(|(g, xv)| *g += factor * xv);
+                grad[..p]
+                    .iter_mut()
+                    .zip(row)
+                    .for_each(|(g, xv)| *g += factor * xv);
                 grad[p] += factor;
             }
         }
         loss
     };
-    let w = lbfgs(vec![0.0; p + 1], objective, params.usize("max_iter", 1000), params.float("tol", 1e-4) * n as f64, progress)?;
+    let w = lbfgs(
+        vec![0.0; p + 1],
+        objective,
+        params.usize("max_iter", 1000),
+        params.float("tol", 1e-4) * n as f64,
+        progress,
+    )?;
     Ok(LinearModel {
         link: Link::Identity,
         coef: Matrix::new(1, p, w[..p].iter().map(|v| v * std).collect()),
