@@ -47,6 +47,16 @@ async fn train(service: &str, model: &str, body: Value) -> Value {
     .await
 }
 
+/// Waits until a job is in `state` (and, when running, has made progress).
+async fn wait_for_state(service: &str, id: &str, state: &str) -> Value {
+    eventually(WAIT, state, || async {
+        let (_, job) = get_json(&format!("{service}/v1/jobs/{id}")).await;
+        let progressed = state != "running" || job["progress"].as_f64().unwrap_or(0.0) > 0.0;
+        (job["state"] == state && progressed).then_some(job)
+    })
+    .await
+}
+
 fn assert_4xx(status: u16, body: &Value, want: u16, what: &str) {
     assert_eq!(status, want, "{what}: {body}");
     assert!(
@@ -704,11 +714,7 @@ async fn kill_9_during_training_fails_the_job_and_keeps_acknowledged_versions() 
     .await;
     assert_eq!(status, 202);
     let id = job["job"].as_str().unwrap().to_string();
-    eventually(WAIT, "training running", || async {
-        let (_, job) = get_json(&format!("{trees}/v1/jobs/{id}")).await;
-        (job["state"] == "running" && job["progress"].as_f64().unwrap_or(0.0) > 0.0).then_some(())
-    })
-    .await;
+    wait_for_state(&trees, &id, "running").await;
     kill9(&child);
     let (_child, trees) = super::serve_service(&args, &models).await;
     // A cancel stops a running job; it leaves no version either.
@@ -718,22 +724,14 @@ async fn kill_9_during_training_fails_the_job_and_keeps_acknowledged_versions() 
     )
     .await;
     let cancelled_id = running["job"].as_str().unwrap().to_string();
-    eventually(WAIT, "training running", || async {
-        let (_, job) = get_json(&format!("{trees}/v1/jobs/{cancelled_id}")).await;
-        (job["state"] == "running").then_some(())
-    })
-    .await;
+    wait_for_state(&trees, &cancelled_id, "running").await;
     let (status, _) = post(
         &format!("{trees}/v1/jobs/{cancelled_id}/cancel"),
         &json!({}),
     )
     .await;
     assert_eq!(status, 200);
-    let job = eventually(WAIT, "job cancelled", || async {
-        let (_, job) = get_json(&format!("{trees}/v1/jobs/{cancelled_id}")).await;
-        (job["state"] == "cancelled").then_some(job)
-    })
-    .await;
+    let job = wait_for_state(&trees, &cancelled_id, "cancelled").await;
     assert!(job["version"].is_null(), "{job}");
     let (status, _) = get_json(&format!("{trees}/v1/models/cancelled")).await;
     assert_eq!(status, 404);

@@ -161,11 +161,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let data_dir = server.data_dir.clone().ok_or_else(|| {
-        std::io::Error::other(
-            "the data service needs a data directory: --data-dir or server.data_dir",
-        )
-    })?;
+    let data_dir = server.require_data_dir("data")?;
     let state = open(config, &data_dir).await?;
     let app = router(state, &server);
     run_service(

@@ -132,22 +132,7 @@ pub fn router(state: AppState, server: &ServerConfig) -> Router {
 /// Dataset names: 1–64 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit (they become
 /// directory names, so nothing else).
 fn check_name(name: &str) -> Result<(), DataError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(DataError::Invalid(format!(
-            "dataset name {name:?} is invalid: use 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-', starting with a letter or digit"
-        )))
-    }
+    mlmesh_kit::names::check("dataset", name).map_err(DataError::Invalid)
 }
 
 /// Upload parameters; whatever is not given is detected.

@@ -127,6 +127,17 @@ pub struct ServerConfig {
     pub data_dir: Option<PathBuf>,
 }
 
+impl ServerConfig {
+    /// The data directory a stateful service needs, or an error naming how to set it.
+    pub fn require_data_dir(&self, service: &str) -> std::io::Result<PathBuf> {
+        self.data_dir.clone().ok_or_else(|| {
+            std::io::Error::other(format!(
+                "the {service} service needs a data directory: --data-dir or server.data_dir"
+            ))
+        })
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {

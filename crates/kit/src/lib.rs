@@ -10,12 +10,14 @@
 //! - [`serve`](mod@serve): `serve(listener, router, shutdown)` and the shutdown signal.
 //! - [`telemetry`]: structured logs and the Prometheus recorder.
 //! - [`discovery`]: the registry client (register, heartbeat, deregister, watch-fed cache).
+//! - [`names`]: the rule for names users give things (datasets, models).
 
 pub mod app;
 pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod extract;
+pub mod names;
 pub mod serve;
 pub mod telemetry;
 

@@ -330,7 +330,13 @@ impl Algorithm {
                     "tol",
                     positive,
                     |_| 1e-4.into(),
-                    "stopping tolerance of the dual coordinate descent",
+                    "stopping tolerance of the solver",
+                ),
+                spec(
+                    "epsilon",
+                    Kind::Float { min: 0.0, max: 1e6 },
+                    |_| 0.0.into(),
+                    "regression: errors below this (in target standard deviations) cost nothing",
                 ),
             ],
             Self::GaussianNb => vec![spec(

@@ -348,22 +348,7 @@ impl AppState {
 }
 
 fn check_name(name: &str) -> Result<(), ModelError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(ModelError::Invalid(format!(
-            "model name {name:?} is invalid: use 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-', starting with a letter or digit"
-        )))
-    }
+    mlmesh_kit::names::check("model", name).map_err(ModelError::Invalid)
 }
 
 #[derive(OpenApi)]
