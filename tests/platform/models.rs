@@ -246,6 +246,36 @@ async fn models_train_evaluate_and_serve_every_algorithm() {
         assert!((pair[0].as_f64().unwrap() + pair[1].as_f64().unwrap() - 1.0).abs() < 1e-9);
     }
 
+    // NVIDIA's tritonclient, with JSON tensors and with its default binary tensor extension.
+    let rows_json = serde_json::to_string(
+        &batch
+            .iter()
+            .take(5)
+            .map(|(x, _)| x.clone())
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tritonclient_check.py"))
+        .args([
+            trees.trim_start_matches("http://"),
+            "spam-random_forest",
+            &rows_json,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tritonclient: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let triton: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ours: Vec<Value> = label["data"].as_array().unwrap()[..5].to_vec();
+    assert_eq!(triton["json"]["label"], json!(ours), "{triton}");
+    assert_eq!(triton["binary"]["label"], json!(ours), "{triton}");
+    assert_eq!(triton["inputs"].as_array().unwrap().len(), 57);
+
     // Per-column inputs on a model with a text feature, a boolean, and missing values.
     let job = train(&trees, "mixed", json!({"dataset": "mixed", "algorithm": "gradient_boosting", "params": {"min_samples_leaf": 2}})).await;
     assert_eq!(job["state"], "succeeded", "{job}");

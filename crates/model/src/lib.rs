@@ -48,6 +48,9 @@ pub struct Config {
     pub workers: usize,
     /// Most rows one infer request may carry (default 10 000).
     pub max_batch_rows: usize,
+    /// Largest infer request body, in bytes (default 64 MiB; a JSON batch of 10 000 rows of 50
+    /// numbers is about 10 MiB).
+    pub max_request_bytes: usize,
     /// Largest ONNX file accepted by import, in bytes (default 256 MiB).
     pub max_import_bytes: usize,
     /// ONNX Runtime shared library (`libonnxruntime.so`); default: `ORT_DYLIB_PATH`.
@@ -64,6 +67,7 @@ impl Default for Config {
             queue_capacity: 16,
             workers: 1,
             max_batch_rows: 10_000,
+            max_request_bytes: 64 << 20,
             max_import_bytes: 256 << 20,
             onnx_runtime: None,
             poll_ms: 500,
@@ -91,6 +95,7 @@ impl Config {
             ("model.queue_capacity", self.queue_capacity),
             ("model.workers", self.workers),
             ("model.max_batch_rows", self.max_batch_rows),
+            ("model.max_request_bytes", self.max_request_bytes),
             ("model.max_import_bytes", self.max_import_bytes),
             ("model.poll_ms", self.poll_ms as usize),
         ] {

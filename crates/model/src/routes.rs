@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mlmesh_kit::discovery::{Discovery, RegistryClient};
 use mlmesh_kit::extract::{Json, Path, Query};
@@ -22,6 +22,7 @@ use mlmesh_protocol::model::{
     TrainRequest, Validation,
 };
 use mlmesh_protocol::v2::{InferRequest, InferResponse, ModelMetadata, ServerMetadata};
+use mlmesh_protocol::v2_binary;
 use mlmesh_store::{Store, StoreError, now_ms};
 use serde::Deserialize;
 use serde_json::Value;
@@ -375,8 +376,11 @@ pub fn router(state: AppState, server: &ServerConfig) -> Router {
         .routes(routes!(version_metadata))
         .routes(routes!(model_ready))
         .routes(routes!(version_ready))
+        .with_state(state.clone());
+    let inference = OpenApiRouter::new()
         .routes(routes!(infer_latest))
         .routes(routes!(infer_version))
+        .layer(DefaultBodyLimit::max(state.0.config.max_request_bytes))
         .with_state(state.clone());
     let imports = OpenApiRouter::new()
         .routes(routes!(import))
@@ -384,7 +388,7 @@ pub fn router(state: AppState, server: &ServerConfig) -> Router {
         .with_state(state.clone());
     App::new(service, env!("CARGO_PKG_VERSION"))
         .readiness(state.0.readiness.clone())
-        .router(api.merge(imports), server)
+        .router(api.merge(imports).merge(inference), server)
 }
 
 fn kind_text(kind: Kind) -> String {
@@ -909,15 +913,39 @@ async fn version_ready(
     Ok(StatusCode::OK)
 }
 
+/// Reads an infer body: JSON (with or without a content type, as clients differ), or JSON
+/// followed by binary tensors when `Inference-Header-Content-Length` is present.
+fn infer_request(headers: &HeaderMap, body: &[u8]) -> Result<InferRequest, ModelError> {
+    let header_length = headers
+        .get(v2_binary::HEADER)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|t| t.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ModelError::Invalid(format!("{} must be a byte count", v2_binary::HEADER))
+                })
+        })
+        .transpose()?;
+    v2_binary::decode_request(body, header_length).map_err(ModelError::Invalid)
+}
+
 async fn run_infer(
     state: &AppState,
     name: &str,
     which: Option<&str>,
-    request: InferRequest,
-) -> Result<Json<InferResponse>, ModelError> {
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ModelError> {
+    let request = infer_request(headers, body)?;
     let served = state.served(name, which).await?;
     let max_rows = state.0.config.max_batch_rows;
     let id = request.id.clone();
+    let binary: Vec<String> = ["label", "probabilities", "value"]
+        .into_iter()
+        .filter(|o| v2_binary::wants_binary(&request, o))
+        .map(str::to_string)
+        .collect();
     let work = Arc::clone(&served);
     // Prediction is CPU work: it runs on the blocking pool, never on the async workers.
     let outputs = tokio::task::spawn_blocking(move || match &work.model {
@@ -926,15 +954,36 @@ async fn run_infer(
     })
     .await
     .map_err(|e| ModelError::Internal(e.to_string()))??;
-    Ok(Json(InferResponse {
+    let response = InferResponse {
         model_name: name.to_string(),
         model_version: Some(served.info.version.to_string()),
         id,
         parameters: None,
         outputs,
-    }))
+    };
+    let (body, header_length) =
+        v2_binary::encode_response(response, |o| binary.iter().any(|b| b == o));
+    Ok(match header_length {
+        None => (
+            [(header::CONTENT_TYPE, "application/json".to_string())],
+            body,
+        )
+            .into_response(),
+        Some(length) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                (
+                    HeaderName::from_static(v2_binary::HEADER),
+                    length.to_string(),
+                ),
+            ],
+            body,
+        )
+            .into_response(),
+    })
 }
 
+/// Predicts with the latest version. JSON, or the binary tensor extension (`tritonclient`'s default).
 #[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "inference", params(("name" = String, Path)),
     request_body = InferRequest,
     responses((status = 200, body = InferResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -942,9 +991,10 @@ async fn run_infer(
 async fn infer_latest(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Json(request): Json<InferRequest>,
-) -> Result<Json<InferResponse>, ApiError> {
-    Ok(run_infer(&state, &name, None, request).await?)
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    Ok(run_infer(&state, &name, None, &headers, &body).await?)
 }
 
 #[utoipa::path(post, path = "/v2/models/{name}/versions/{version}/infer", tag = "inference",
@@ -954,7 +1004,8 @@ async fn infer_latest(
 async fn infer_version(
     State(state): State<AppState>,
     Path((name, which)): Path<(String, String)>,
-    Json(request): Json<InferRequest>,
-) -> Result<Json<InferResponse>, ApiError> {
-    Ok(run_infer(&state, &name, Some(&which), request).await?)
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    Ok(run_infer(&state, &name, Some(&which), &headers, &body).await?)
 }

@@ -9,6 +9,7 @@ pub mod data;
 pub mod model;
 pub mod registry;
 pub mod v2;
+pub mod v2_binary;
 
 use std::collections::BTreeMap;
 

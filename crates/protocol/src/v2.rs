@@ -64,7 +64,8 @@ pub struct InferInput {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<Map<String, Value>>,
-    /// Row-major elements, flat or nested to the shape.
+    /// Row-major elements, flat or nested to the shape (absent when sent as binary data).
+    #[serde(default)]
     #[schema(value_type = Object)]
     pub data: Value,
 }
