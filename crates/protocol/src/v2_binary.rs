@@ -53,7 +53,7 @@ fn elements(datatype: Datatype, raw: &[u8]) -> Result<Vec<Value>, String> {
     let size = element_size(datatype).ok_or(format!(
         "{datatype:?} binary data is not supported; send FP32 or FP64"
     ))?;
-    if raw.len() % size != 0 {
+    if !raw.len().is_multiple_of(size) {
         return Err(format!(
             "{} bytes are not a whole number of {datatype:?} elements",
             raw.len()
