@@ -226,6 +226,10 @@ async fn check(service: &Running, registry: &str) {
                 400,
                 &format!("{name} {method} {path} malformed"),
             );
+            // Inference routes take untyped bodies and larger ones (spec 5, the exception).
+            if path.ends_with("/infer") {
+                continue;
+            }
             let (status, body) = send("{}".into(), false).await;
             assert_error_shape(
                 status,

@@ -113,6 +113,7 @@ async fn models_train_evaluate_and_serve_every_algorithm() {
         .args(["up", "--port", "0", "--data-dir"])
         .arg(&data_dir)
         .env("MLMESH_MODEL__MAX_BATCH_ROWS", "500")
+        .env("MLMESH_MODEL__MAX_REQUEST_BYTES", "1000000")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -492,6 +493,18 @@ async fn bad_input_is_refused(data: &str, trees: &str, linear: &str) {
         let (status, answer) = post(&infer, &body).await;
         assert_4xx(status, &answer, want, what);
     }
+    // A body over model.max_request_bytes, and a binary part that does not add up.
+    let huge = format!("{{\"inputs\": [], \"pad\": \"{}\"}}", "x".repeat(1_100_000));
+    let response = http().post(&infer).body(huge).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+    let response = http()
+        .post(&infer)
+        .header("inference-header-content-length", "999")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
     // NaN and infinity cannot be written in JSON; a text stand-in is refused like any non-number.
     let response = http().post(&infer).header("content-type", "application/json")
         .body(format!("{{\"inputs\":[{{\"name\":\"input\",\"shape\":[1,57],\"datatype\":\"FP64\",\"data\":[NaN{}]}}]}}", ",0".repeat(56)))
