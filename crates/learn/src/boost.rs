@@ -34,9 +34,12 @@ impl Booster {
 
     pub fn predict(&self, x: &Matrix) -> Prediction {
         let mut raw = Matrix::zeros(x.rows, self.outputs);
-        for r in 0..x.rows {
-            self.raw(x.row(r), raw.row_mut(r));
-        }
+        // Large batches spread over the cores; a few rows stay on the caller's thread.
+        raw.data
+            .par_chunks_mut(self.outputs)
+            .enumerate()
+            .with_min_len(if x.rows > 1024 { 256 } else { usize::MAX })
+            .for_each(|(r, out)| self.raw(x.row(r), out));
         match self.classes {
             None => Prediction::Values(raw.data),
             Some(2) => {
@@ -200,12 +203,53 @@ struct Candidate {
     bin: u8,
 }
 
+/// Gradient, hessian and row count of one histogram bin.
+#[derive(Clone, Copy, Default)]
+struct Bin {
+    g: f64,
+    h: f64,
+    n: u32,
+}
+
+/// Where each feature's bins start in a leaf's histogram: a feature has as many bins as it has
+/// distinct binned values (edges + 1), so low-cardinality features cost little.
+struct Layout {
+    offsets: Vec<usize>,
+}
+
+impl Layout {
+    fn new(edges: &[Vec<f64>]) -> Self {
+        let mut offsets = vec![0];
+        for e in edges {
+            offsets.push(offsets.last().copied().unwrap_or(0) + e.len() + 1);
+        }
+        Self { offsets }
+    }
+
+    fn total(&self) -> usize {
+        self.offsets.last().copied().unwrap_or(0)
+    }
+
+    /// The histogram split into one slice per feature.
+    fn split<'a, T>(&self, mut all: &'a mut [T]) -> Vec<&'a mut [T]> {
+        let mut out = Vec::with_capacity(self.offsets.len() - 1);
+        for pair in self.offsets.windows(2) {
+            let (head, tail) = all.split_at_mut(pair[1] - pair[0]);
+            out.push(head);
+            all = tail;
+        }
+        out
+    }
+}
+
 struct Leaf {
     node: usize,
     rows: Vec<u32>,
     g: f64,
     h: f64,
     depth: usize,
+    /// This leaf's histograms (kept while it may still split: its children's come from it).
+    hist: Vec<Bin>,
     split: Option<Candidate>,
 }
 
@@ -225,15 +269,18 @@ fn grow(
         right: 0,
     }];
     let (gs, hs) = sums(&rows, g, h);
+    let layout = Layout::new(edges);
+    let hist = histograms(binned, &layout, g, h, &rows);
     let mut root = Leaf {
         node: 0,
         rows,
         g: gs,
         h: hs,
         depth: 0,
+        hist,
         split: None,
     };
-    root.split = find_split(binned, g, h, &root, s);
+    root.split = find_split(&root, &layout, s);
     let mut open = vec![root];
     let mut done = Vec::new();
     while open.len() + done.len() < s.max_leaves {
@@ -259,7 +306,35 @@ fn grow(
             left: l as u32,
             right: l as u32 + 1,
         };
-        for (offset, child_rows) in [left_rows, right_rows].into_iter().enumerate() {
+        // The histogram trick: build the smaller child's histograms from its rows, and get the
+        // larger one's by subtracting them from the parent's.
+        let left_smaller = left_rows.len() <= right_rows.len();
+        let small = histograms(
+            binned,
+            &layout,
+            g,
+            h,
+            if left_smaller {
+                &left_rows
+            } else {
+                &right_rows
+            },
+        );
+        let mut large = leaf.hist;
+        for (l, s) in large.iter_mut().zip(&small) {
+            l.g -= s.g;
+            l.h -= s.h;
+            l.n -= s.n;
+        }
+        let (left_hist, right_hist) = if left_smaller {
+            (small, large)
+        } else {
+            (large, small)
+        };
+        for (offset, (child_rows, hist)) in [(left_rows, left_hist), (right_rows, right_hist)]
+            .into_iter()
+            .enumerate()
+        {
             nodes.push(Node {
                 feature: LEAF,
                 threshold: 0.0,
@@ -273,9 +348,13 @@ fn grow(
                 g: cg,
                 h: ch,
                 depth: leaf.depth + 1,
+                hist,
                 split: None,
             };
-            child.split = find_split(binned, g, h, &child, s);
+            child.split = find_split(&child, &layout, s);
+            if child.split.is_none() {
+                child.hist = Vec::new();
+            }
             open.push(child);
         }
         // Leaves that cannot split are set aside so the loop only scans live candidates.
@@ -309,33 +388,41 @@ fn sums(rows: &[u32], g: &[f64], h: &[f64]) -> (f64, f64) {
     })
 }
 
-fn find_split(
-    binned: &[Vec<u8>],
-    g: &[f64],
-    h: &[f64],
-    leaf: &Leaf,
-    s: &Settings,
-) -> Option<Candidate> {
+/// Histograms of `rows` for every feature (in parallel over features when large).
+fn histograms(binned: &[Vec<u8>], layout: &Layout, g: &[f64], h: &[f64], rows: &[u32]) -> Vec<Bin> {
+    let mut hist = vec![Bin::default(); layout.total()];
+    let fill = |(column, bins): (&Vec<u8>, &mut &mut [Bin])| {
+        for &r in rows {
+            let b = &mut bins[column[r as usize] as usize];
+            b.g += g[r as usize];
+            b.h += h[r as usize];
+            b.n += 1;
+        }
+    };
+    let mut slices = layout.split(&mut hist);
+    if rows.len() * binned.len() > 50_000 {
+        binned.par_iter().zip(slices.par_iter_mut()).for_each(fill);
+    } else {
+        binned.iter().zip(slices.iter_mut()).for_each(fill);
+    }
+    hist
+}
+
+/// The best split of a leaf from its histograms, if any improves it.
+fn find_split(leaf: &Leaf, layout: &Layout, s: &Settings) -> Option<Candidate> {
     if leaf.depth >= s.max_depth || leaf.rows.len() < 2 * s.min_leaf {
         return None;
     }
     let parent = leaf.g * leaf.g / (leaf.h + s.l2);
-    let best_of = |feature: usize| -> Option<Candidate> {
-        let column = &binned[feature];
-        let mut hist = [(0.0f64, 0.0f64, 0u32); 256];
-        for &r in &leaf.rows {
-            let b = &mut hist[column[r as usize] as usize];
-            b.0 += g[r as usize];
-            b.1 += h[r as usize];
-            b.2 += 1;
-        }
+    let n = leaf.rows.len();
+    let mut best: Option<Candidate> = None;
+    for (feature, pair) in layout.offsets.windows(2).enumerate() {
+        let bins = &leaf.hist[pair[0]..pair[1]];
         let (mut gl, mut hl, mut nl) = (0.0, 0.0, 0usize);
-        let n = leaf.rows.len();
-        let mut best: Option<Candidate> = None;
-        for (bin, &(bg, bh, bn)) in hist.iter().enumerate().take(255) {
-            gl += bg;
-            hl += bh;
-            nl += bn as usize;
+        for (bin, b) in bins.iter().enumerate().take(bins.len().saturating_sub(1)) {
+            gl += b.g;
+            hl += b.h;
+            nl += b.n as usize;
             if nl < s.min_leaf {
                 continue;
             }
@@ -355,19 +442,6 @@ fn find_split(
                 });
             }
         }
-        best
-    };
-    let features = binned.len();
-    let pick = |a: Option<Candidate>, b: Option<Candidate>| match (a, b) {
-        (Some(x), Some(y)) => Some(if y.gain > x.gain { y } else { x }),
-        (x, y) => x.or(y),
-    };
-    if leaf.rows.len() * features > 50_000 {
-        (0..features)
-            .into_par_iter()
-            .map(best_of)
-            .reduce(|| None, pick)
-    } else {
-        (0..features).map(best_of).fold(None, pick)
     }
+    best
 }
