@@ -340,6 +340,21 @@ async fn models_train_evaluate_and_serve_every_algorithm() {
         "{instances}"
     );
 
+    // The dashboard shows them too.
+    let dashboard = endpoints["dashboard"].as_str().unwrap();
+    let overview = eventually(WAIT, "dashboard lists models", || async {
+        let (_, overview) = get_json(&format!("{dashboard}/v1/overview")).await;
+        overview["services"]["model-trees"][0]["models"]
+            .as_array()
+            .is_some_and(|m| m.contains(&json!("mixed")))
+            .then_some(overview)
+    })
+    .await;
+    assert!(
+        overview["services"]["data"][0].get("models").is_none(),
+        "{overview}"
+    );
+
     bad_input_is_refused(&data, &trees, &linear).await;
     cli_trains_and_predicts(&data_dir).await;
     onnx_imports_match_scikit_learn(&onnx, dir.path()).await;

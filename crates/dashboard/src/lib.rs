@@ -80,6 +80,9 @@ pub struct InstanceView {
     pub last_seen_ms: u64,
     /// Answer of the instance's `/v2/health/ready` just now.
     pub ready: bool,
+    /// Models the instance serves (model services publish them in their registry metadata).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
 }
 
 #[derive(OpenApi)]
@@ -199,6 +202,16 @@ async fn overview(State(state): State<AppState>) -> Json<Overview> {
                 version: instance.version.clone(),
                 last_seen_ms: instance.last_seen_ms,
                 ready,
+                models: instance
+                    .metadata
+                    .get("models")
+                    .and_then(|m| m.as_array())
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|v| v.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             });
     }
     Json(Overview {
