@@ -340,6 +340,46 @@ async fn models_train_evaluate_and_serve_every_algorithm() {
         "{instances}"
     );
 
+    // A second replica shares the store: it serves what the first trained, and what is
+    // trained through it reaches the first by itself.
+    let control = super::Control {
+        url: endpoints["control"].as_str().unwrap().to_string(),
+        key: std::fs::read_to_string(data_dir.join("admin.key"))
+            .unwrap()
+            .trim()
+            .to_string(),
+    };
+    let (status, replica) = control
+        .call(
+            reqwest::Method::POST,
+            "/v1/replicas",
+            Some(json!({"service": "model-trees"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{replica}");
+    let second = replica["url"].as_str().unwrap().to_string();
+    let answer = eventually(WAIT, "second replica serves", || async {
+        let (status, answer) = post(&format!("{second}/v2/models/mixed/infer"), &columns).await;
+        (status == 200).then_some(answer)
+    })
+    .await;
+    assert_eq!(answer["model_version"], "2", "{answer}");
+    let job = train(
+        &second,
+        "shared",
+        json!({"dataset": "mixed", "algorithm": "decision_tree"}),
+    )
+    .await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    eventually(WAIT, "first replica loads the new model", || async {
+        let (status, _) = post(&format!("{trees}/v2/models/shared/infer"), &columns).await;
+        (status == 200).then_some(())
+    })
+    .await;
+    let (_, job_seen_by_first) =
+        get_json(&format!("{trees}/v1/jobs/{}", job["job"].as_str().unwrap())).await;
+    assert_eq!(job_seen_by_first["state"], "succeeded");
+
     // The dashboard shows them too.
     let dashboard = endpoints["dashboard"].as_str().unwrap();
     let overview = eventually(WAIT, "dashboard lists models", || async {

@@ -112,23 +112,26 @@ impl Config {
     }
 }
 
-/// Where a family's service keeps what: `DATA_DIR/model-<family>/`.
+/// Where a family's service keeps what: `DATA_DIR/model-<family>/`, shared by its replicas
+/// (each with its own temporary directory).
 #[derive(Debug, Clone)]
 pub struct Layout {
     pub root: PathBuf,
+    pub replica: String,
 }
 
 impl Layout {
-    pub fn new(data_dir: &Path, family: &str) -> Self {
+    pub fn new(data_dir: &Path, family: &str, replica: &str) -> Self {
         Self {
             root: data_dir.join(mlmesh_protocol::model::service_name(family)),
+            replica: replica.to_string(),
         }
     }
     pub fn database(&self) -> PathBuf {
         self.root.join("models.db")
     }
     pub fn tmp(&self) -> PathBuf {
-        self.root.join("tmp")
+        self.root.join("tmp").join(&self.replica)
     }
     /// This service's copy of a dataset version (named by its content address).
     pub fn dataset(&self, name: &str, address: &str) -> PathBuf {

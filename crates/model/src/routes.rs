@@ -146,17 +146,18 @@ impl AppState {
         server: &ServerConfig,
         data_dir: &FsPath,
     ) -> std::io::Result<Self> {
-        let layout = Layout::new(data_dir, &config.family);
+        let owner = server
+            .instance_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", config.service(), std::process::id()));
+        let layout = Layout::new(data_dir, &config.family, &owner);
+        // Only this replica's own leftovers: its siblings may be downloading right now.
         std::fs::create_dir_all(layout.tmp())?;
         for entry in std::fs::read_dir(layout.tmp())? {
             std::fs::remove_file(entry?.path())?;
         }
         let store =
             Store::open(&layout.database(), db::MIGRATIONS).map_err(std::io::Error::other)?;
-        let owner = server
-            .instance_id
-            .clone()
-            .unwrap_or_else(|| format!("{}-{}", config.service(), std::process::id()));
         let jobs = Jobs::start(
             store.clone(),
             layout,
