@@ -200,7 +200,7 @@ async fn locate_model(platform: &PlatformArgs, model: &str) -> anyhow::Result<Pl
 
 pub async fn predict(args: PredictArgs, platform: &PlatformArgs) -> anyhow::Result<()> {
     let service = locate_model(platform, &args.model).await?;
-    let mut request: InferRequest = match (&args.json, &args.csv) {
+    let requests: Vec<InferRequest> = match (&args.json, &args.csv) {
         (Some(text), _) => {
             let text = match text.strip_prefix('@') {
                 Some(path) => {
@@ -208,7 +208,7 @@ pub async fn predict(args: PredictArgs, platform: &PlatformArgs) -> anyhow::Resu
                 }
                 None => text.clone(),
             };
-            serde_json::from_str(&text).context("--json is not an inference request")?
+            vec![serde_json::from_str(&text).context("--json is not an inference request")?]
         }
         (None, Some(path)) => {
             let info: ModelVersion = service
@@ -218,33 +218,52 @@ pub async fn predict(args: PredictArgs, platform: &PlatformArgs) -> anyhow::Resu
                     args.version.as_deref().unwrap_or("latest")
                 ))
                 .await?;
-            csv_request(path, &info)?
+            csv_requests(path, &info)?
         }
         (None, None) => bail!("give --json or --csv"),
     };
-    if args.probabilities {
-        request
-            .parameters
-            .get_or_insert_with(Default::default)
-            .insert("probabilities".into(), Value::Bool(true));
-    }
     let path = match &args.version {
         Some(v) => format!("/v2/models/{}/versions/{v}/infer", args.model),
         None => format!("/v2/models/{}/infer", args.model),
     };
+    for mut request in requests {
+        if args.probabilities {
+            request
+                .parameters
+                .get_or_insert_with(Default::default)
+                .insert("probabilities".into(), Value::Bool(true));
+        }
+        answer(
+            &service,
+            &path,
+            &request,
+            args.csv.is_none() || platform.json,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Sends one request and prints the answer: as JSON, or one tab-separated line per row (the
+/// label or value first, then probabilities).
+async fn answer(
+    service: &Platform,
+    path: &str,
+    request: &InferRequest,
+    json: bool,
+) -> anyhow::Result<()> {
     let response: InferResponse = decode(
         service
-            .request(reqwest::Method::POST, &path)
-            .json(&request)
+            .request(reqwest::Method::POST, path)
+            .json(request)
             .send()
             .await?,
     )
     .await?;
-    if platform.json || args.csv.is_none() {
+    if json {
         println!("{}", serde_json::to_string_pretty(&response)?);
         return Ok(());
     }
-    // A table: one line per row, the label or value first, then probabilities.
     let first = response
         .outputs
         .first()
@@ -271,10 +290,25 @@ pub async fn predict(args: PredictArgs, platform: &PlatformArgs) -> anyhow::Resu
     Ok(())
 }
 
-/// One input per model column, read from a CSV with a header.
-fn csv_request(path: &PathBuf, info: &ModelVersion) -> anyhow::Result<InferRequest> {
-    let mut reader =
-        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+/// Rows per request from a CSV file: well under the services' batch limit.
+const CSV_BATCH: usize = 1000;
+
+/// One input per model column, read from a CSV with a header, in requests of [`CSV_BATCH`] rows.
+fn csv_requests(path: &PathBuf, info: &ModelVersion) -> anyhow::Result<Vec<InferRequest>> {
+    // The delimiter is detected as the data service does (`,`, `;`, tab, `|`).
+    let sample: Vec<u8> = {
+        use std::io::Read;
+        let mut head = Vec::with_capacity(64 * 1024);
+        std::fs::File::open(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .take(64 * 1024)
+            .read_to_end(&mut head)?;
+        head
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(mlmesh_data::ingest::detect_delimiter(&sample))
+        .from_path(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let headers = reader.headers()?.clone();
     let mut positions = Vec::new();
     for feature in &info.signature.inputs {
@@ -310,27 +344,33 @@ fn csv_request(path: &PathBuf, info: &ModelVersion) -> anyhow::Result<InferReque
             column.push(value);
         }
     }
-    let inputs = info
-        .signature
-        .inputs
-        .iter()
-        .zip(columns)
-        .map(|(feature, data)| InferInput {
-            name: feature.name.clone(),
-            shape: vec![data.len() as i64],
-            datatype: match feature.column_type {
-                mlmesh_protocol::data::ColumnType::String => Datatype::Bytes,
-                mlmesh_protocol::data::ColumnType::Boolean => Datatype::Bool,
-                _ => Datatype::Fp64,
-            },
+    let rows = columns.first().map_or(0, Vec::len);
+    let mut requests = Vec::new();
+    for start in (0..rows).step_by(CSV_BATCH) {
+        let end = (start + CSV_BATCH).min(rows);
+        let inputs = info
+            .signature
+            .inputs
+            .iter()
+            .zip(&columns)
+            .map(|(feature, data)| InferInput {
+                name: feature.name.clone(),
+                shape: vec![(end - start) as i64],
+                datatype: match feature.column_type {
+                    mlmesh_protocol::data::ColumnType::String => Datatype::Bytes,
+                    mlmesh_protocol::data::ColumnType::Boolean => Datatype::Bool,
+                    _ => Datatype::Fp64,
+                },
+                parameters: None,
+                data: Value::Array(data[start..end].to_vec()),
+            })
+            .collect();
+        requests.push(InferRequest {
+            id: None,
             parameters: None,
-            data: Value::Array(data),
-        })
-        .collect();
-    Ok(InferRequest {
-        id: None,
-        parameters: None,
-        inputs,
-        outputs: None,
-    })
+            inputs,
+            outputs: None,
+        });
+    }
+    Ok(requests)
 }

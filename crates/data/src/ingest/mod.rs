@@ -20,6 +20,7 @@ use std::path::Path;
 use mlmesh_protocol::data::{ColumnInfo, ColumnType};
 use serde::{Deserialize, Serialize};
 
+pub use csv_in::detect_delimiter;
 pub use growing::Growing;
 pub use sink::{read_rows, write_csv};
 
