@@ -328,6 +328,15 @@ async fn models_train_evaluate_and_serve_every_algorithm() {
     );
     assert_eq!(artifact["estimator"]["kind"], "boosting");
 
+    // The same seed makes the same model.
+    for _ in 0..2 {
+        let body = json!({"dataset": "mixed", "algorithm": "random_forest", "seed": 7, "params": {"n_estimators": 20}});
+        assert_eq!(train(&trees, "repeat", body).await["state"], "succeeded");
+    }
+    let (_, first) = get_json(&format!("{trees}/v1/models/repeat/versions/1/artifact")).await;
+    let (_, second) = get_json(&format!("{trees}/v1/models/repeat/versions/2/artifact")).await;
+    assert_eq!(first["estimator"], second["estimator"]);
+
     // Replicas publish what they serve.
     let registry = endpoints["registry"].as_str().unwrap();
     let (_, instances) = get_json(&format!("{registry}/v1/services/model-trees/instances")).await;
