@@ -805,6 +805,8 @@ async fn kill_9_during_training_fails_the_job_and_keeps_acknowledged_versions() 
         "trees-1",
         "--set",
         data_url.as_str(),
+        "--set",
+        "model.queue_capacity=1",
     ];
     let (child, trees) = super::serve_service(&args, &models).await;
     let done = train(
@@ -822,6 +824,23 @@ async fn kill_9_during_training_fails_the_job_and_keeps_acknowledged_versions() 
     assert_eq!(status, 202);
     let id = job["job"].as_str().unwrap().to_string();
     wait_for_state(&trees, &id, "running").await;
+    // One job may wait behind the running one; the next is told to come back later.
+    let slow =
+        json!({"dataset": "spam", "algorithm": "random_forest", "params": {"n_estimators": 5000}});
+    let (status, queued) = post(&format!("{trees}/v1/models/queued/train"), &slow).await;
+    assert_eq!(
+        (status, queued["state"].as_str()),
+        (202, Some("queued")),
+        "{queued}"
+    );
+    let response = http()
+        .post(format!("{trees}/v1/models/refused/train"))
+        .json(&slow)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    assert!(response.headers().contains_key("retry-after"));
     kill9(&child);
     let (_child, trees) = super::serve_service(&args, &models).await;
     // A cancel stops a running job; it leaves no version either.
@@ -850,6 +869,15 @@ async fn kill_9_during_training_fails_the_job_and_keeps_acknowledged_versions() 
     );
     let (status, _) = get_json(&format!("{trees}/v1/models/slow")).await;
     assert_eq!(status, 404, "no half-written version");
+    let (_, queued) = get_json(&format!(
+        "{trees}/v1/jobs/{}",
+        queued["job"].as_str().unwrap()
+    ))
+    .await;
+    assert_eq!(
+        queued["state"], "failed",
+        "a job queued at the kill is failed too: {queued}"
+    );
     let (_, detail) = get_json(&format!("{trees}/v1/models/quick")).await;
     assert_eq!(detail["latest"]["version"], 1, "{detail}");
     let row = json!({"inputs": [{"name": "input", "shape": [1, 57], "datatype": "FP64", "data": vec![0.0; 57]}]});
