@@ -211,6 +211,24 @@ pub fn update_job(tx: &mut Tx<'_>, job: &Job) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Saves a running job's progress, unless it has finished meanwhile (a late progress write
+/// must never turn a finished job back into a running one). Returns whether a cancel was asked.
+pub fn save_progress(tx: &mut Tx<'_>, job: &Job) -> Result<bool, StoreError> {
+    tx.execute(
+        "UPDATE jobs SET info = ?2, heartbeat_ms = ?3 WHERE id = ?1 AND state = 'running'",
+        params![
+            job.job,
+            serde_json::to_string(job).map_err(json_error)?,
+            mlmesh_store::now_ms()
+        ],
+    )?;
+    Ok(tx.query_row(
+        "SELECT cancel FROM jobs WHERE id = ?1",
+        params![job.job],
+        |r| r.get(0),
+    )?)
+}
+
 /// The job and whether a cancel was asked for it.
 pub fn job(conn: &Connection, id: &str) -> Result<Option<(Job, bool, String)>, StoreError> {
     conn.query_row(

@@ -374,12 +374,7 @@ async fn track(store: Store, mut job: Job, progress: Arc<Progress>) {
         tokio::time::sleep(TICK).await;
         job.progress = progress.fraction();
         let row = job.clone();
-        let cancel = store
-            .write(move |tx| {
-                db::update_job(tx, &row)?;
-                Ok(db::job(tx, &row.job)?.is_some_and(|(_, c, _)| c))
-            })
-            .await;
+        let cancel = store.write(move |tx| db::save_progress(tx, &row)).await;
         if matches!(cancel, Ok(true)) {
             progress.cancel();
         }
