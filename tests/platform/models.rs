@@ -404,7 +404,7 @@ async fn models_train_evaluate_and_serve_every_algorithm() {
         "{overview}"
     );
 
-    bad_input_is_refused(&data, &trees, &linear).await;
+    bad_input_is_refused(&trees, &linear).await;
     cli_trains_and_predicts(&data_dir).await;
     onnx_imports_match_scikit_learn(&onnx, dir.path()).await;
 
@@ -419,7 +419,7 @@ async fn models_train_evaluate_and_serve_every_algorithm() {
         .unwrap();
 }
 
-async fn bad_input_is_refused(data: &str, trees: &str, linear: &str) {
+async fn bad_input_is_refused(trees: &str, linear: &str) {
     let train_url = format!("{trees}/v1/models/x/train");
     let cases = [
         (
@@ -588,7 +588,6 @@ async fn bad_input_is_refused(data: &str, trees: &str, linear: &str) {
     assert_4xx(status, &answer, 404, "unknown version");
     let (status, answer) = get_json(&format!("{trees}/v1/jobs/nope")).await;
     assert_4xx(status, &answer, 404, "unknown job");
-    let _ = data;
 }
 
 async fn cli_trains_and_predicts(data_dir: &Path) {

@@ -179,7 +179,8 @@ impl OnnxModel {
                 // One probe row tells the class count (and, through ZipMap's keys, the labels).
                 let probe = {
                     let mut session = model.session.lock().unwrap_or_else(|e| e.into_inner());
-                    model.run_raw(&Matrix::zeros(1, width), &mut session)?
+                    let (_, keys, width) = model.execute(&Matrix::zeros(1, width), &mut session)?;
+                    (keys, width)
                 };
                 let classes = match (&options.classes, probe) {
                     (Some(classes), (_, k)) if classes.len() != k => {
@@ -203,16 +204,6 @@ impl OnnxModel {
             }
         }
         Ok(model)
-    }
-
-    /// Runs a batch; answers the ZipMap keys (if any) and the column count, and fills nothing.
-    fn run_raw(
-        &self,
-        x: &Matrix,
-        session: &mut Session,
-    ) -> Result<(Option<Vec<String>>, usize), String> {
-        let (_, keys, width) = self.execute(x, session)?;
-        Ok((keys, width))
     }
 
     /// Runs `x`; returns the row-major outputs, the ZipMap keys, and the width.
