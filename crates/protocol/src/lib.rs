@@ -6,6 +6,7 @@
 
 pub mod control;
 pub mod data;
+pub mod gateway;
 pub mod model;
 pub mod registry;
 pub mod v2;
