@@ -17,6 +17,7 @@ pub enum Service {
     Registry,
     Data,
     Dashboard,
+    Gateway,
     /// A model service; the family comes from `--family`.
     Model,
     #[value(name = "model-trees")]
@@ -35,6 +36,7 @@ impl Service {
             Self::Registry => mlmesh_registry::SERVICE,
             Self::Data => mlmesh_data::SERVICE,
             Self::Dashboard => mlmesh_dashboard::SERVICE,
+            Self::Gateway => mlmesh_gateway::SERVICE,
             Self::Model => "model",
             Self::ModelTrees => "model-trees",
             Self::ModelLinear => "model-linear",
@@ -141,6 +143,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let config: mlmesh_dashboard::Config = sources.load("dashboard")?;
             config.validate()?;
             mlmesh_dashboard::serve(config, server, listener, shutdown_signal()).await?;
+        }
+        Service::Gateway => {
+            let config: mlmesh_gateway::Config = sources.load("gateway")?;
+            config.validate()?;
+            mlmesh_gateway::serve(config, server, listener, shutdown_signal()).await?;
         }
         Service::Model
         | Service::ModelTrees

@@ -30,8 +30,7 @@ pub struct UpArgs {
     /// Where every service keeps its state, plus `endpoints.json`, `admin.key` and `logs/`.
     #[arg(long, env = "MLMESH_DATA_DIR", default_value = "mlmesh-data")]
     pub data_dir: PathBuf,
-    /// The gateway's port: the platform's one entry point for clients (taken once the gateway
-    /// service is part of the build).
+    /// The gateway's port: the platform's one entry point for clients (0: any free port).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
     #[command(flatten)]
@@ -49,6 +48,7 @@ const PLATFORM: &[Service] = &[
     Service::ModelLinear,
     Service::ModelNeural,
     Service::ModelOnnx,
+    Service::Gateway,
     Service::Dashboard,
 ];
 
@@ -135,7 +135,18 @@ async fn start_platform(
             .await;
         let mut ids = vec![registry.id.clone()];
         for service in PLATFORM.iter().filter(|s| **s != Service::Registry) {
-            ids.push(supervisor.start(*service, true)?.id);
+            let port = if *service == Service::Gateway {
+                args.port
+            } else {
+                0
+            };
+            let started = supervisor.start_on(*service, true, port).with_context(|| {
+                format!(
+                    "cannot start the {} on port {port}; pick another with --port",
+                    service.name()
+                )
+            })?;
+            ids.push(started.id);
         }
         supervisor.wait_ready(&ids).await;
         wait_registered(&registry.url, &ids).await;
@@ -197,6 +208,9 @@ fn endpoints_now(supervisor: &Supervisor, control_url: &str) -> Endpoints {
     for replica in supervisor.list() {
         if replica.service == mlmesh_registry::SERVICE {
             endpoints.registry.clone_from(&replica.url);
+        }
+        if replica.service == mlmesh_gateway::SERVICE && endpoints.gateway.is_none() {
+            endpoints.gateway = Some(replica.url.clone());
         }
         if replica.service == mlmesh_dashboard::SERVICE && endpoints.dashboard.is_none() {
             endpoints.dashboard = Some(replica.url.clone());
@@ -268,6 +282,9 @@ fn ensure_admin_key(data_dir: &Path) -> anyhow::Result<(String, bool)> {
 
 fn print_banner(endpoints: &Endpoints, data_dir: &Path, created_key: bool) {
     println!("mlmesh is up.");
+    if let Some(gateway) = &endpoints.gateway {
+        println!("  gateway    {gateway}");
+    }
     if let Some(dashboard) = &endpoints.dashboard {
         println!("  dashboard  {dashboard}");
     }

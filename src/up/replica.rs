@@ -136,7 +136,17 @@ impl Supervisor {
         service: Service,
         base: bool,
     ) -> Result<Replica, SupervisorError> {
-        let listener = StdListener::bind("127.0.0.1:0")?;
+        self.start_on(service, base, 0)
+    }
+
+    /// Like [`Self::start`], on a chosen port (0: any free one).
+    pub fn start_on(
+        self: &Arc<Self>,
+        service: Service,
+        base: bool,
+        port: u16,
+    ) -> Result<Replica, SupervisorError> {
+        let listener = StdListener::bind(("127.0.0.1", port))?;
         let url = format!("http://{}", listener.local_addr()?);
         let mut inner = self.lock();
         if inner.shutting_down {
@@ -282,7 +292,15 @@ impl Supervisor {
             .arg("--instance-id")
             .arg(id)
             .arg("--data-dir")
-            .arg(self.launch.data_dir.join(service.name()))
+            .arg(self.launch.data_dir.join(service.name()));
+        if service == Service::Gateway {
+            // The gateway honours the admin key `up` keeps at the top of the data directory.
+            command.arg("--set").arg(format!(
+                "gateway.admin_key_file={}",
+                self.launch.data_dir.join("admin.key").display()
+            ));
+        }
+        command
             .args(&self.launch.passthrough)
             .env(super::SUPERVISOR_PID_ENV, std::process::id().to_string())
             .stdin(Stdio::null())

@@ -30,6 +30,12 @@ pub enum ApiError {
     /// Not able to serve right now (not ready, shutting down, dependency down).
     #[error("{0}")]
     Unavailable(String),
+    /// An upstream service failed to answer properly.
+    #[error("{0}")]
+    BadGateway(String),
+    /// An upstream service did not answer in time.
+    #[error("{0}")]
+    GatewayTimeout(String),
     /// A bug or an environment fault; the detail is logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -55,6 +61,8 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -71,6 +79,8 @@ impl ApiError {
             StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge(message),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType(message),
             StatusCode::SERVICE_UNAVAILABLE => Self::Unavailable(message),
+            StatusCode::BAD_GATEWAY => Self::BadGateway(message),
+            StatusCode::GATEWAY_TIMEOUT => Self::GatewayTimeout(message),
             s if s.is_server_error() => Self::Internal(message),
             _ => Self::BadRequest(message),
         }
@@ -106,7 +116,9 @@ mod tests {
 
     #[test]
     fn statuses_round_trip() {
-        for status in [400u16, 401, 403, 404, 405, 409, 413, 415, 503, 500] {
+        for status in [
+            400u16, 401, 403, 404, 405, 409, 413, 415, 502, 503, 504, 500,
+        ] {
             let status = StatusCode::from_u16(status).unwrap();
             assert_eq!(ApiError::from_status(status, "x").status(), status);
         }

@@ -56,6 +56,8 @@ enum ModelError {
     Busy(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("the caller's deadline of {0} ms passed before the prediction finished")]
+    DeadlineExceeded(u64),
     #[error("{0}")]
     Internal(String),
 }
@@ -72,6 +74,7 @@ impl From<ModelError> for ApiError {
                 retry_after_s: 5,
             },
             ModelError::Unavailable(_) => ApiError::Unavailable(message),
+            ModelError::DeadlineExceeded(_) => ApiError::GatewayTimeout(message),
             ModelError::Internal(_) => ApiError::Internal(message),
         }
     }
@@ -949,12 +952,27 @@ async fn run_infer(
         .collect();
     let work = Arc::clone(&served);
     // Prediction is CPU work: it runs on the blocking pool, never on the async workers.
-    let outputs = tokio::task::spawn_blocking(move || match &work.model {
+    let task = tokio::task::spawn_blocking(move || match &work.model {
         Loaded::Native(artifact) => infer::predict(artifact, &request, max_rows),
         Loaded::Onnx(model) => model.predict(&request, max_rows),
-    })
-    .await
-    .map_err(|e| ModelError::Internal(e.to_string()))??;
+    });
+    // A caller's deadline (`x-mlmesh-deadline-ms`, milliseconds left) bounds the wait.
+    let deadline = headers
+        .get("x-mlmesh-deadline-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let joined = match deadline {
+        Some(ms) => tokio::time::timeout(std::time::Duration::from_millis(ms), task)
+            .await
+            .map_err(|_| ModelError::DeadlineExceeded(ms))?,
+        None => task.await,
+    };
+    let outputs = joined.map_err(|e| ModelError::Internal(e.to_string()))??;
+    let rows = outputs
+        .first()
+        .and_then(|o| o.shape.first())
+        .copied()
+        .unwrap_or(0);
     let response = InferResponse {
         model_name: name.to_string(),
         model_version: Some(served.info.version.to_string()),
@@ -964,14 +982,19 @@ async fn run_infer(
     };
     let (body, header_length) =
         v2_binary::encode_response(response, |o| binary.iter().any(|b| b == o));
+    let rows_header = (HeaderName::from_static("x-mlmesh-rows"), rows.to_string());
     Ok(match header_length {
         None => (
-            [(header::CONTENT_TYPE, "application/json".to_string())],
+            [
+                (header::CONTENT_TYPE, "application/json".to_string()),
+                rows_header,
+            ],
             body,
         )
             .into_response(),
         Some(length) => (
             [
+                rows_header,
                 (header::CONTENT_TYPE, "application/octet-stream".to_string()),
                 (
                     HeaderName::from_static(v2_binary::HEADER),

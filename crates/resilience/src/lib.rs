@@ -23,4 +23,6 @@ pub use deadline::{DEADLINE_HEADER, DeadlineAt, DeadlineExceeded};
 pub use retry::{Idempotent, Replay};
 pub use upstream::{Upstream, UpstreamConfig};
 
+pub use tower::load_shed::error::Overloaded;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
