@@ -50,6 +50,20 @@ enum Command {
         #[command(flatten)]
         platform: cli::ConnectArgs,
     },
+    /// Ensembles: create, ls, show, rm.
+    Ensemble {
+        #[command(subcommand)]
+        command: cli::ensemble::EnsembleCommand,
+        #[command(flatten)]
+        platform: cli::PlatformArgs,
+    },
+    /// Load test: N users for a duration against the gateway, a model service or any V2 server.
+    Bench {
+        #[command(flatten)]
+        args: cli::bench::BenchArgs,
+        #[command(flatten)]
+        platform: cli::PlatformArgs,
+    },
 }
 
 /// Options every command that reads configuration shares.
@@ -91,7 +105,11 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if matches!(
         cli.command,
-        Command::Data { .. } | Command::Train { .. } | Command::Predict { .. }
+        Command::Data { .. }
+            | Command::Train { .. }
+            | Command::Predict { .. }
+            | Command::Ensemble { .. }
+            | Command::Bench { .. }
     ) {
         exit_quietly_on_closed_pipe();
     }
@@ -114,6 +132,8 @@ fn main() -> std::process::ExitCode {
             Command::Predict { args, platform } => {
                 cli::model::predict(args, &platform.into()).await
             }
+            Command::Ensemble { command, platform } => cli::ensemble::run(command, &platform).await,
+            Command::Bench { args, platform } => cli::bench::run(args, &platform).await,
         }
     });
     match result {

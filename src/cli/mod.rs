@@ -2,7 +2,9 @@
 //! `MLMESH_GATEWAY`, else `DATA_DIR/endpoints.json` (its gateway once there is one, else the
 //! service's own URL); the key from `--api-key` or `MLMESH_API_KEY`, else `DATA_DIR/admin.key`.
 
+pub mod bench;
 pub mod data;
+pub mod ensemble;
 pub mod model;
 
 use std::path::PathBuf;

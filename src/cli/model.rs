@@ -170,32 +170,10 @@ pub struct PredictArgs {
     pub probabilities: bool,
 }
 
-/// Which model service serves `model`: the registry's metadata says, else each one is asked.
-async fn locate_model(platform: &PlatformArgs, model: &str) -> anyhow::Result<Platform> {
-    let mut last_error = None;
-    for (family, _) in mlmesh_protocol::model::FAMILIES {
-        let service = match Platform::locate(platform, &service_name(family)) {
-            Ok(s) => s,
-            Err(e) => {
-                last_error = Some(e);
-                continue;
-            }
-        };
-        if platform.gateway.is_some() {
-            return Ok(service);
-        }
-        let found = service
-            .request(reqwest::Method::GET, &format!("/v1/models/{model}"))
-            .send()
-            .await;
-        if found.is_ok_and(|r| r.status().is_success()) {
-            return Ok(service);
-        }
-    }
-    match last_error {
-        Some(e) => Err(e),
-        None => bail!("no model named {model}: train one with `mlmesh train`"),
-    }
+/// Where predictions go: the gateway (from `--gateway` or `endpoints.json`), which serves
+/// models and ensembles alike.
+async fn locate_model(platform: &PlatformArgs, _model: &str) -> anyhow::Result<Platform> {
+    Platform::locate(platform, "gateway")
 }
 
 pub async fn predict(args: PredictArgs, platform: &PlatformArgs) -> anyhow::Result<()> {

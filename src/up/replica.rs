@@ -299,6 +299,13 @@ impl Supervisor {
                 "gateway.admin_key_file={}",
                 self.launch.data_dir.join("admin.key").display()
             ));
+            // The gateway only moves bytes between sockets: on one machine shared with the
+            // model services, half the cores (one of two) serve it best — measured twice the
+            // throughput of a runtime thread per core (BENCHMARKS.md). TOKIO_WORKER_THREADS wins.
+            if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+                let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+                command.env("TOKIO_WORKER_THREADS", (cores / 2).max(1).to_string());
+            }
         }
         command
             .args(&self.launch.passthrough)

@@ -76,6 +76,10 @@ pub struct Forward {
     pub buffer: Option<usize>,
     pub idempotent: bool,
     pub deadline: Option<DeadlineAt>,
+    /// Read the whole answer before passing it on (small answers): the upstream connection
+    /// goes back to the pool before the caller can send its next request, so it is reused
+    /// instead of racing a new connection.
+    pub buffer_response: bool,
 }
 
 /// Sends the caller's request, path and query unchanged (`path` overrides), to `upstream`.
@@ -116,6 +120,15 @@ pub async fn forward(
     let (mut parts, incoming) = response.into_parts();
     for name in HOP_BY_HOP {
         parts.headers.remove(name);
+    }
+    if options.buffer_response {
+        let bytes = http_body_util::BodyExt::collect(incoming)
+            .await
+            .map_err(|e| {
+                ApiError::BadGateway(format!("{}: the answer broke off: {e}", upstream.name()))
+            })?
+            .to_bytes();
+        return Ok(Response::from_parts(parts, Body::from(bytes)));
     }
     Ok(Response::from_parts(parts, Body::new(incoming)))
 }

@@ -586,6 +586,7 @@ async fn infer_inner(
                 buffer: Some(limit),
                 idempotent: true,
                 deadline: Some(deadline),
+                buffer_response: true,
             },
         )
         .await?;
@@ -652,6 +653,7 @@ async fn model_get(State(state): State<AppState>, request: Request) -> Result<Re
             buffer: Some(0),
             idempotent: true,
             deadline: None,
+            buffer_response: true,
         },
     )
     .await
@@ -744,7 +746,7 @@ async fn datasets(State(state): State<AppState>, request: Request) -> Result<Res
         Forward {
             buffer: Some(0),
             idempotent: true,
-            deadline: None,
+            ..Forward::default()
         }
     } else {
         Forward::default()
@@ -784,8 +786,8 @@ async fn train(State(state): State<AppState>, request: Request) -> Result<Respon
         None,
         Forward {
             buffer: Some(SMALL_BODY),
-            idempotent: false,
-            deadline: None,
+            buffer_response: true,
+            ..Forward::default()
         },
     )
     .await
@@ -833,7 +835,7 @@ async fn model_any(State(state): State<AppState>, request: Request) -> Result<Re
         Forward {
             buffer: Some(0),
             idempotent: true,
-            deadline: None,
+            ..Forward::default()
         }
     } else {
         Forward::default()
