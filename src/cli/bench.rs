@@ -81,7 +81,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[derive(Clone)]
 enum Target {
     Http {
-        client: Client<HttpConnector, Full<Bytes>>,
+        client: Box<Client<HttpConnector, Full<Bytes>>>,
         uri: http::Uri,
         key: Option<String>,
         body: Bytes,
@@ -176,7 +176,7 @@ pub async fn run(args: BenchArgs, platform: &PlatformArgs) -> anyhow::Result<()>
         let base = url.trim_end_matches('/').to_string();
         let uri = format!("{base}/v2/models/{model}/infer").parse()?;
         let target = Target::Http {
-            client,
+            client: Box::new(client.clone()),
             uri,
             key: platform.api_key.clone(),
             body: Bytes::from(serde_json::to_vec(&request)?),
@@ -217,7 +217,7 @@ pub async fn run(args: BenchArgs, platform: &PlatformArgs) -> anyhow::Result<()>
                 let uri = format!("{}/v2/models/{model}/infer", gateway.base).parse()?;
                 (
                     Target::Http {
-                        client,
+                        client: Box::new(client.clone()),
                         uri,
                         key: gateway_key(platform),
                         body,
@@ -258,7 +258,7 @@ pub async fn run(args: BenchArgs, platform: &PlatformArgs) -> anyhow::Result<()>
                 let uri = format!("{base}/v2/models/{model}/infer").parse()?;
                 (
                     Target::Http {
-                        client,
+                        client: Box::new(client.clone()),
                         uri,
                         key: None,
                         body,
