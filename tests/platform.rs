@@ -17,6 +17,8 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+#[path = "platform/gateway.rs"]
+mod gateway;
 #[path = "platform/models.rs"]
 mod models;
 
@@ -120,25 +122,69 @@ async fn start_model(registry: &str, dir: &Path) -> Running {
     .await
 }
 
+async fn start_gateway(registry: &str, dir: &Path) -> Running {
+    let server = ServerConfig {
+        registry_url: Some(registry.to_string()),
+        data_dir: Some(dir.to_path_buf()),
+        ..ServerConfig::default()
+    };
+    start(
+        mlmesh_gateway::SERVICE,
+        server,
+        |server, listener, shutdown| {
+            mlmesh_gateway::serve(
+                mlmesh_gateway::Config::default(),
+                server,
+                listener,
+                shutdown,
+            )
+        },
+    )
+    .await
+}
+
 fn assert_error_shape(status: u16, body: &Value, want: u16, what: &str) {
     assert_eq!(status, want, "{what}: {body}");
     let message = body["error"].as_str().unwrap_or_default();
     assert!(!message.is_empty(), "{what}: no error message in {body}");
 }
 
-async fn check(service: &Running, registry: &str) {
+async fn check(service: &Running, registry: &str, key: Option<&str>) {
     let name = service.name;
     let url = &service.server.url;
+    // The gateway wants a key on everything but health and metrics.
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = key {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {key}").parse().unwrap(),
+        );
+    }
+    // No pooling: a server may close a connection after refusing an oversized body unread.
+    let client = reqwest::Client::builder()
+        .default_headers(headers)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let http = || client.clone();
+    let get_json = |url: String| {
+        let client = client.clone();
+        async move {
+            let response = client.get(url).send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or_default())
+        }
+    };
 
     // 1, 2: health.
-    let (status, body) = get_json(&format!("{url}/v2/health/live")).await;
+    let (status, body) = get_json(format!("{url}/v2/health/live")).await;
     assert_eq!(
         (status, &body),
         (200, &json!({"live": true})),
         "{name} live"
     );
     eventually(WAIT, &format!("{name} ready"), || async {
-        let (status, body) = get_json(&format!("{url}/v2/health/ready")).await;
+        let (status, body) = get_json(format!("{url}/v2/health/ready")).await;
         (status == 200 && body["ready"] == true).then_some(())
     })
     .await;
@@ -159,7 +205,7 @@ async fn check(service: &Running, registry: &str) {
     assert_eq!(response.headers()["x-request-id"], "compliance-1", "{name}");
 
     // 4: OpenAPI.
-    let (status, doc) = get_json(&format!("{url}/openapi.json")).await;
+    let (status, doc) = get_json(format!("{url}/openapi.json")).await;
     assert_eq!(status, 200, "{name} openapi");
     assert!(
         doc["openapi"].as_str().unwrap_or("").starts_with("3.1"),
@@ -184,7 +230,7 @@ async fn check(service: &Running, registry: &str) {
     );
 
     // 5: error shape for unknown paths and methods.
-    let (status, body) = get_json(&format!("{url}/no/such/path")).await;
+    let (status, body) = get_json(format!("{url}/no/such/path")).await;
     assert_error_shape(status, &body, 404, &format!("{name} unknown path"));
     let response = http()
         .delete(format!("{url}/v2/health/live"))
@@ -283,7 +329,7 @@ async fn check(service: &Running, registry: &str) {
 
     // 11: registered under its service name with its URL.
     eventually(WAIT, &format!("{name} registered"), || async {
-        let (_, snapshot) = get_json(&format!("{registry}/v1/services/{name}/instances")).await;
+        let (_, snapshot) = get_json(format!("{registry}/v1/services/{name}/instances")).await;
         snapshot["instances"]
             .as_array()?
             .iter()
@@ -302,8 +348,12 @@ async fn every_service_complies_with_the_service_spec() {
     let data = start_data(&registry_url, data_dir.path()).await;
     let model = start_model(&registry_url, data_dir.path()).await;
     for service in [&registry, &dashboard, &data, &model] {
-        check(service, &registry_url).await;
+        check(service, &registry_url, None).await;
     }
+    let key = "mlm_compliance_admin_key";
+    std::fs::write(data_dir.path().join("admin.key"), key).unwrap();
+    let gateway = start_gateway(&registry_url, data_dir.path()).await;
+    check(&gateway, &registry_url, Some(key)).await;
     // 12: a stopped service deregisters.
     dashboard.server.stop();
     eventually(WAIT, "dashboard deregistered", || async {
@@ -449,7 +499,7 @@ async fn up_runs_supervises_and_stops_the_platform() {
 
     // Every service in endpoints.json is registered and ready.
     let services = endpoints["services"].as_object().unwrap();
-    for expected in ["registry", "data", "dashboard"] {
+    for expected in ["registry", "data", "dashboard", "gateway"] {
         assert!(services.contains_key(expected), "{expected} in {endpoints}");
     }
     for (service, urls) in services {
@@ -583,8 +633,8 @@ async fn up_runs_supervises_and_stops_the_platform() {
         .values()
         .filter_map(|r| r["pid"].as_i64())
         .collect();
-    // registry, data, dashboard and the four model services.
-    assert_eq!(pids.len(), 7);
+    // registry, data, dashboard, gateway and the four model services.
+    assert_eq!(pids.len(), 8);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(up.id().unwrap()).unwrap()),
         nix::sys::signal::Signal::SIGTERM,

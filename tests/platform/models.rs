@@ -101,7 +101,7 @@ fn mixed_csv() -> Vec<u8> {
     out.into_bytes()
 }
 
-fn python() -> String {
+pub(super) fn python() -> String {
     std::env::var("MLMESH_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 

@@ -572,7 +572,16 @@ async fn infer_inner(
         v2.id = answer.id.clone();
         return Ok((encode(answer, &v2), rows));
     }
-    let upstream = proxy::owner(state, name).await?;
+    let upstream = match proxy::owner(state, name).await {
+        Ok(u) => u,
+        Err(not_found) => {
+            // A malformed body is the first thing wrong with such a request.
+            let (parts, body) = request.into_parts();
+            let body = proxy::read_body(body, limit).await?;
+            decode(&parts.headers, &body)?;
+            return Err(not_found);
+        }
+    };
     let path = match &version {
         Some(v) => format!("/v2/models/{name}/versions/{v}/infer"),
         None => format!("/v2/models/{name}/infer"),
