@@ -82,6 +82,21 @@ pub struct Forward {
     pub buffer_response: bool,
 }
 
+impl Forward {
+    /// Reads are buffered and retried; anything else is streamed once.
+    pub fn for_method(method: &http::Method) -> Self {
+        if method == http::Method::GET {
+            Self {
+                buffer: Some(0),
+                idempotent: true,
+                ..Self::default()
+            }
+        } else {
+            Self::default()
+        }
+    }
+}
+
 /// Sends the caller's request, path and query unchanged (`path` overrides), to `upstream`.
 pub async fn forward(
     upstream: &Upstream<Transport>,

@@ -750,16 +750,7 @@ async fn ensemble_metadata(state: &AppState, ensemble: &Arc<Ensemble>, ready: bo
 
 async fn datasets(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let upstream = state.0.mesh.upstream("data");
-    let reading = request.method() == http::Method::GET;
-    let options = if reading {
-        Forward {
-            buffer: Some(0),
-            idempotent: true,
-            ..Forward::default()
-        }
-    } else {
-        Forward::default()
-    };
+    let options = Forward::for_method(request.method());
     proxy::forward(&upstream, request, None, options).await
 }
 
@@ -839,16 +830,7 @@ async fn model_any(State(state): State<AppState>, request: Request) -> Result<Re
         .unwrap_or_default()
         .to_string();
     let upstream = proxy::owner(&state, &name).await?;
-    let reading = request.method() == http::Method::GET;
-    let options = if reading {
-        Forward {
-            buffer: Some(0),
-            idempotent: true,
-            ..Forward::default()
-        }
-    } else {
-        Forward::default()
-    };
+    let options = Forward::for_method(request.method());
     proxy::forward(&upstream, request, None, options).await
 }
 
