@@ -79,6 +79,7 @@ pub async fn train(args: TrainArgs, platform: &PlatformArgs) -> anyhow::Result<(
         seed: args.seed,
         target: args.target,
         features: None,
+        keep_oof: false,
     };
     let response = service
         .request(

@@ -265,6 +265,14 @@ async fn gateway_guards_routes_and_combines_members() {
         )
         .await;
     assert_error(status, &body, 400, "unknown algorithm");
+    let (status, body) = gw
+        .post(
+            "/v1/models/x/train",
+            &trainer,
+            &json!({"dataset": "wine", "algorithm": "ridge", "keep_oof": true}),
+        )
+        .await;
+    assert_error(status, &body, 400, "out-of-fold predictions without k-fold");
     let (_, models) = gw.get("/v1/models", &predictor).await;
     assert_eq!(models["models"].as_array().unwrap().len(), 3, "{models}");
 
@@ -402,6 +410,39 @@ async fn gateway_guards_routes_and_combines_members() {
         weighted["outputs"][0]["data"], rf["outputs"][0]["data"],
         "the heavy member decides"
     );
+
+    // Stacking: each member refitted per fold by its own service; the meta-model learns from
+    // every row's out-of-fold prediction.
+    let (status, stacked) = gw
+        .put("/v1/ensembles/wine-stack", &trainer, &json!({"method": "stacking", "members": [{"model": "wine-rf"}, {"model": "wine-lr"}], "stacking": {"dataset": "wine", "kfold": 3}}))
+        .await;
+    assert_eq!(status, 201, "{stacked}");
+    assert_eq!(stacked["stacking"]["rows"], 1599, "{stacked}");
+    assert!(
+        stacked["stacking"]["metrics"]["accuracy"].as_f64().unwrap() > 0.5,
+        "{stacked}"
+    );
+    let (_, oof) = gw
+        .get("/v1/models/wine-stack-oof-0/versions/1/oof", &trainer)
+        .await;
+    assert_eq!(
+        oof["rows"].as_array().map(Vec::len),
+        Some(1599),
+        "one out-of-fold prediction per row"
+    );
+    assert_eq!(oof["columns"], 6);
+    let (status, answer) = gw
+        .post(
+            "/v2/models/wine-stack/infer",
+            &trainer,
+            &request(&rows[..5], true),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["outputs"][0]["shape"], json!([5]));
+    assert_eq!(answer["parameters"]["method"], "stacking");
+    let (status, body) = gw.put("/v1/ensembles/bad", &trainer, &json!({"method": "stacking", "members": [{"model": "wine-rf"}], "stacking": {"dataset": "nope"}})).await;
+    assert_error(status, &body, 404, "stacking over an unknown dataset");
 
     // Ensembles defined wrongly change nothing.
     let bad = [

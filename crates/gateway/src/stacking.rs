@@ -1,23 +1,28 @@
-//! Stacking: the meta-model learns from the members' predictions over a dataset the user
-//! names. The gateway pages through the dataset (data service), asks the members for their
-//! predictions on every row (so these are out-of-sample when the dataset is one the members did
-//! not train on), uploads the predictions with the target as a new dataset version
-//! (`<ensemble>-stacking`), and has a model service train the meta-model (`<ensemble>-meta`)
-//! on it with k-fold validation. Requests then go to the members, and their answers to the
-//! meta-model.
+//! Stacking: the meta-model learns from the members' out-of-fold predictions over a dataset
+//! the user names. For each mlmesh member the gateway has the member's own model service refit
+//! the member's algorithm and hyper-parameters on that dataset with k-fold validation, keeping
+//! each row's prediction by the fold model that did not see it (`keep_oof`; the refit is kept as
+//! model `<ensemble>-oof-<i>`). A foreign member cannot be refitted from here: its answers on
+//! the rows are used as they are (out-of-sample only if it was not trained on them). The
+//! predictions and the target become dataset `<ensemble>-stacking`, and a model service trains
+//! the meta-model `<ensemble>-meta` on it with k-fold validation. Requests then go to the
+//! members, and their answers to the meta-model.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
 use mlmesh_client::direct::EnsembleError;
 use mlmesh_client::mesh::Answer;
-use mlmesh_client::{Payload, direct::MeshMembers};
+use mlmesh_client::{Payload, direct::MeshMembers, lookup};
+use mlmesh_ensemble::Member;
+use mlmesh_ensemble::answer::{self, Answer as Predicted};
 use mlmesh_ensemble::combine::stacking_feature_names;
-use mlmesh_ensemble::fanout::{Outcome, RunError};
-use mlmesh_protocol::data::{ColumnType, DatasetDetail, RowsPage, UploadResponse};
-use mlmesh_protocol::gateway::{Ensemble, Policy, StackingInfo, StackingSpec};
-use mlmesh_protocol::model::{Job, JobState};
+use mlmesh_protocol::data::{ColumnInfo, DatasetDetail, RowsPage, UploadResponse};
+use mlmesh_protocol::gateway::{Ensemble, MemberInfo, StackingInfo, StackingSpec};
+use mlmesh_protocol::model::{Job, JobState, ModelDetail, OofPredictions};
 use mlmesh_protocol::v2::{Datatype, InferInput, InferRequest};
 use serde_json::{Value, json};
 
@@ -63,6 +68,9 @@ fn csv_field(value: &Value) -> String {
     }
 }
 
+/// Per member: row position → its prediction features.
+type Features = HashMap<u64, Vec<f64>>;
+
 /// Builds the meta-model's dataset and trains it; returns what the ensemble records.
 pub async fn train(
     state: &AppState,
@@ -102,28 +110,20 @@ pub async fn train(
         .iter()
         .position(|c| c.name == target)
         .ok_or_else(|| unavailable("the target column is missing"))?;
-
-    // The members answer like they will at request time, and all of them must answer.
-    let mut probe = ensemble.clone();
-    probe.policy = Policy {
-        quorum: Some(probe.members.len()),
-        deadline_ms: Some(30_000),
-    };
-    let names: Vec<String> = probe.members.iter().map(|m| m.spec.model.clone()).collect();
-    let feature_names = stacking_feature_names(&names, probe.classes.as_deref());
-    let mut csv = String::new();
-    let _ = writeln!(
-        csv,
-        "{},{}",
-        feature_names.join(","),
-        csv_field(&Value::from(target.clone()))
-    );
-    let (mut offset, mut used, mut skipped) = (0u64, 0u64, 0u64);
-    let total = detail.latest.rows.min(MAX_ROWS);
-    while offset < total {
+    let total = detail.latest.rows;
+    if total > MAX_ROWS {
+        return Err(EnsembleError::Invalid(format!(
+            "dataset {} has {total} rows; stacking takes at most {MAX_ROWS}",
+            spec.dataset
+        )));
+    }
+    let mut rows: Vec<Vec<Value>> = Vec::with_capacity(total as usize);
+    while (rows.len() as u64) < total {
         let path = format!(
-            "/v1/datasets/{}/versions/{}/rows?offset={offset}&limit={PAGE}",
-            spec.dataset, detail.latest.version
+            "/v1/datasets/{}/versions/{}/rows?offset={}&limit={PAGE}",
+            spec.dataset,
+            detail.latest.version,
+            rows.len()
         );
         let answer = mesh
             .call_json(&data, Method::GET, &path, None, false, None)
@@ -135,77 +135,66 @@ pub async fn train(
         if page.rows.is_empty() {
             break;
         }
-        offset += page.rows.len() as u64;
-        // Rows with a missing value or target cannot be sent as tensors; they are left out.
-        let rows: Vec<&Vec<Value>> = page
-            .rows
-            .iter()
-            .filter(|r| !r.iter().any(Value::is_null))
-            .collect();
-        skipped += page.rows.len() as u64 - rows.len() as u64;
-        if rows.is_empty() {
+        rows.extend(page.rows);
+    }
+    let kfold = spec.kfold.unwrap_or(5);
+    let classes = ensemble.classes.as_deref();
+    let mut per_member: Vec<Features> = Vec::with_capacity(ensemble.members.len());
+    for (i, member) in ensemble.members.iter().enumerate() {
+        per_member.push(match &member.spec.url {
+            None => {
+                out_of_fold(
+                    state,
+                    ensemble,
+                    i,
+                    member,
+                    spec,
+                    &detail.latest.version,
+                    &target,
+                    kfold,
+                )
+                .await?
+            }
+            Some(_) => foreign(state, member, &rows, &columns, target_index, classes).await?,
+        });
+    }
+
+    let names: Vec<String> = ensemble
+        .members
+        .iter()
+        .map(|m| m.spec.model.clone())
+        .collect();
+    let feature_names = stacking_feature_names(&names, classes);
+    let mut csv = String::new();
+    let _ = writeln!(
+        csv,
+        "{},{}",
+        feature_names.join(","),
+        csv_field(&Value::from(target.clone()))
+    );
+    let mut used = 0u64;
+    for (position, row) in rows.iter().enumerate() {
+        let label = &row[target_index];
+        if label.is_null() {
             continue;
         }
-        let inputs = columns
+        let Some(features) = per_member
             .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != target_index)
-            .map(|(i, c)| {
-                let text = c.column_type == ColumnType::String;
-                InferInput {
-                    name: c.name.clone(),
-                    shape: vec![rows.len() as i64],
-                    datatype: if text {
-                        Datatype::Bytes
-                    } else {
-                        Datatype::Fp64
-                    },
-                    parameters: None,
-                    data: Value::from(
-                        rows.iter()
-                            .map(|r| match (&r[i], text) {
-                                (Value::Bool(b), false) => json!(u8::from(*b)),
-                                (v, true) if !v.is_string() => Value::from(v.to_string()),
-                                (v, _) => v.clone(),
-                            })
-                            .collect::<Vec<_>>(),
-                    ),
-                }
-            })
-            .collect();
-        let request = InferRequest {
-            id: None,
-            parameters: None,
-            inputs,
-            outputs: None,
-        };
-        let (outcome, _) =
-            mlmesh_ensemble::run(&probe, &MeshMembers(mesh.clone()), &request, None, false)
-                .await
-                .map_err(|e| match e {
-                    RunError::Quorum { .. } => EnsembleError::Invalid(format!(
-                        "the members cannot predict dataset {}: {e}",
-                        spec.dataset
-                    )),
-                    RunError::Combine(m) => unavailable(m),
-                })?;
-        let Outcome::Stacking {
-            features,
-            columns: width,
-            ..
-        } = outcome
+            .map(|m| m.get(&(position as u64)))
+            .collect::<Option<Vec<_>>>()
         else {
-            return Err(unavailable("the members' answers were not stacked"));
+            continue;
         };
-        for (row, values) in rows.iter().zip(features.chunks(width.max(1))) {
-            let line: Vec<String> = values.iter().map(|v| v.to_string()).collect();
-            let _ = writeln!(csv, "{},{}", line.join(","), csv_field(&row[target_index]));
-            used += 1;
-        }
+        let line: Vec<String> = features
+            .iter()
+            .flat_map(|f| f.iter().map(f64::to_string))
+            .collect();
+        let _ = writeln!(csv, "{},{}", line.join(","), csv_field(label));
+        used += 1;
     }
     if used < 10 {
         return Err(EnsembleError::Invalid(format!(
-            "dataset {} has {used} complete rows ({skipped} with missing values); the meta-model needs at least 10",
+            "dataset {} has {used} rows every member could predict; the meta-model needs at least 10",
             spec.dataset
         )));
     }
@@ -250,33 +239,53 @@ pub async fn train(
             "stacking.algorithm {algorithm:?} is not an algorithm; see GET /v1/algorithms"
         ))
     })?;
-    let service = mesh.upstream(&mlmesh_protocol::model::service_name(family));
+    let service = mlmesh_protocol::model::service_name(family);
     let meta_model = format!("{}-meta", ensemble.name);
-    let train = json!({
+    let request = json!({
         "dataset": stack_name,
         "dataset_version": uploaded.version,
         "algorithm": algorithm,
-        "validation": {"kfold": spec.kfold.unwrap_or(5)},
+        "validation": {"kfold": kfold},
         "seed": 0,
     });
+    let job = train_and_wait(state, &service, &meta_model, &request).await?;
+    Ok(StackingInfo {
+        dataset: spec.dataset.clone(),
+        meta_model,
+        meta_version: job.version.unwrap_or(1),
+        algorithm,
+        rows: used,
+        metrics: job.metrics.unwrap_or_default(),
+    })
+}
+
+/// Trains `model` on `service` and waits for the job to succeed.
+async fn train_and_wait(
+    state: &AppState,
+    service: &str,
+    model: &str,
+    request: &Value,
+) -> Result<Job, EnsembleError> {
+    let mesh = &state.0.mesh;
+    let upstream = mesh.upstream(service);
+    let gone = |e: mlmesh_resilience::BoxError| {
+        unavailable(format!(
+            "{service}: {}",
+            mlmesh_client::gateway::error_chain(&*e)
+        ))
+    };
     let answer = mesh
         .call_json(
-            &service,
+            &upstream,
             Method::POST,
-            &format!("/v1/models/{meta_model}/train"),
-            Some(&train),
+            &format!("/v1/models/{model}/train"),
+            Some(request),
             false,
             None,
         )
         .await
-        .map_err(|e| {
-            unavailable(format!(
-                "{}: {}",
-                service.name(),
-                mlmesh_client::gateway::error_chain(&*e)
-            ))
-        })?;
-    check(&answer, "training the meta-model")?;
+        .map_err(gone)?;
+    check(&answer, &format!("training {model}"))?;
     let job: Value =
         serde_json::from_slice(&answer.body).map_err(|e| unavailable(e.to_string()))?;
     let id = job
@@ -289,7 +298,7 @@ pub async fn train(
         tokio::time::sleep(Duration::from_millis(100)).await;
         let answer = mesh
             .call_json(
-                &service,
+                &upstream,
                 Method::GET,
                 &format!("/v1/jobs/{id}"),
                 None,
@@ -297,34 +306,201 @@ pub async fn train(
                 None,
             )
             .await
-            .map_err(|e| unavailable(mlmesh_client::gateway::error_chain(&*e)))?;
-        check(&answer, "the meta-model's job")?;
+            .map_err(gone)?;
+        check(&answer, &format!("the job training {model}"))?;
         let job: Job =
             serde_json::from_slice(&answer.body).map_err(|e| unavailable(e.to_string()))?;
         match job.state {
             JobState::Succeeded => {
-                mesh.learn_owner(&meta_model, service.name());
-                return Ok(StackingInfo {
-                    dataset: spec.dataset.clone(),
-                    meta_model,
-                    meta_version: job.version.unwrap_or(1),
-                    algorithm,
-                    rows: used,
-                    metrics: job.metrics.unwrap_or_default(),
-                });
+                mesh.learn_owner(model, service);
+                return Ok(job);
             }
             JobState::Failed => {
                 return Err(EnsembleError::Invalid(format!(
-                    "the meta-model could not be trained: {}",
+                    "{model} could not be trained: {}",
                     job.error.unwrap_or_default()
                 )));
             }
             _ if tokio::time::Instant::now() >= until => {
-                return Err(unavailable("the meta-model took over 10 minutes to train"));
+                return Err(unavailable(format!(
+                    "{model} took over 10 minutes to train"
+                )));
             }
             _ => {}
         }
     }
+}
+
+/// An mlmesh member refitted per fold by its own service; its out-of-fold predictions,
+/// aligned to the ensemble's classes.
+#[allow(clippy::too_many_arguments)]
+async fn out_of_fold(
+    state: &AppState,
+    ensemble: &Ensemble,
+    index: usize,
+    member: &MemberInfo,
+    spec: &StackingSpec,
+    dataset_version: &str,
+    target: &str,
+    kfold: u32,
+) -> Result<Features, EnsembleError> {
+    let mesh = &state.0.mesh;
+    let service = lookup::owner(mesh, &member.spec.model)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?
+        .ok_or_else(|| {
+            EnsembleError::NotFound(format!("no model service serves {}", member.spec.model))
+        })?;
+    let upstream = mesh.upstream(&service);
+    let answer = mesh
+        .call_json(
+            &upstream,
+            Method::GET,
+            &format!("/v1/models/{}", member.spec.model),
+            None,
+            false,
+            None,
+        )
+        .await
+        .map_err(|e| unavailable(mlmesh_client::gateway::error_chain(&*e)))?;
+    check(&answer, &format!("member {}", member.spec.model))?;
+    let detail: ModelDetail =
+        serde_json::from_slice(&answer.body).map_err(|e| unavailable(e.to_string()))?;
+    let version = match &member.spec.version {
+        Some(v) => detail
+            .versions
+            .iter()
+            .find(|m| m.version.to_string() == *v)
+            .unwrap_or(&detail.latest),
+        None => &detail.latest,
+    };
+    if detail.family == "onnx" {
+        return Err(EnsembleError::Invalid(format!(
+            "member {} is an imported ONNX model, which cannot be refitted per fold for stacking",
+            member.spec.model
+        )));
+    }
+    let refit = format!("{}-oof-{index}", ensemble.name);
+    let request = json!({
+        "dataset": spec.dataset,
+        "dataset_version": dataset_version,
+        "algorithm": version.algorithm,
+        "params": version.params,
+        "validation": {"kfold": kfold},
+        "seed": version.seed.unwrap_or(0),
+        "target": target,
+        "features": version.signature.inputs.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
+        "keep_oof": true,
+    });
+    let job = train_and_wait(state, &service, &refit, &request).await?;
+    let v = job.version.unwrap_or(1);
+    let answer = mesh
+        .call_json(
+            &upstream,
+            Method::GET,
+            &format!("/v1/models/{refit}/versions/{v}/oof"),
+            None,
+            false,
+            None,
+        )
+        .await
+        .map_err(|e| unavailable(mlmesh_client::gateway::error_chain(&*e)))?;
+    check(&answer, &format!("out-of-fold predictions of {refit}"))?;
+    let oof: OofPredictions =
+        serde_json::from_slice(&answer.body).map_err(|e| unavailable(e.to_string()))?;
+    let width = oof.columns.max(1);
+    let mut features = Features::with_capacity(oof.rows.len());
+    for (row, values) in oof.rows.iter().zip(oof.data.chunks(width)) {
+        let aligned = match (ensemble.classes.as_deref(), &oof.classes) {
+            (Some(classes), Some(own)) => {
+                let mut out = vec![0.0; classes.len()];
+                for (class, p) in own.iter().zip(values) {
+                    if let Some(at) = classes.iter().position(|c| c == class) {
+                        out[at] = *p;
+                    }
+                }
+                out
+            }
+            _ => values.to_vec(),
+        };
+        features.insert(*row, aligned);
+    }
+    Ok(features)
+}
+
+/// A foreign member's answers on the dataset's complete rows.
+async fn foreign(
+    state: &AppState,
+    member: &MemberInfo,
+    rows: &[Vec<Value>],
+    columns: &[ColumnInfo],
+    target_index: usize,
+    classes: Option<&[String]>,
+) -> Result<Features, EnsembleError> {
+    let complete: Vec<usize> = (0..rows.len())
+        .filter(|&i| !rows[i].iter().any(Value::is_null))
+        .collect();
+    let mut features = Features::with_capacity(complete.len());
+    let width = classes.map_or(1, <[String]>::len);
+    for chunk in complete.chunks(PAGE as usize) {
+        let n_features = columns.len() - 1;
+        let mut flat = Vec::with_capacity(chunk.len() * n_features);
+        for &i in chunk {
+            for (c, v) in rows[i].iter().enumerate() {
+                if c != target_index {
+                    flat.push(v.as_f64().ok_or_else(|| {
+                        EnsembleError::Invalid(format!(
+                            "foreign member {} needs numeric columns for stacking",
+                            member.spec.model
+                        ))
+                    })?);
+                }
+            }
+        }
+        let request = InferRequest {
+            id: None,
+            parameters: None,
+            inputs: vec![InferInput {
+                name: "input".into(),
+                shape: vec![chunk.len() as i64, n_features as i64],
+                datatype: Datatype::Fp64,
+                parameters: None,
+                data: Value::from(flat),
+            }],
+            outputs: member.spec.output.clone().map(|name| {
+                vec![mlmesh_protocol::v2::RequestedOutput {
+                    name,
+                    parameters: None,
+                }]
+            }),
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let response = MeshMembers(state.0.mesh.clone())
+            .call(member, Arc::new(request), deadline)
+            .await
+            .map_err(|e| {
+                EnsembleError::Invalid(format!("foreign member {}: {e}", member.spec.model))
+            })?;
+        let predicted = answer::read(&response, member, classes).map_err(|e| {
+            EnsembleError::Invalid(format!("foreign member {}: {e}", member.spec.model))
+        })?;
+        for (j, &i) in chunk.iter().enumerate() {
+            let f = match &predicted {
+                Predicted::Values(v) => vec![v[j]],
+                Predicted::Classes {
+                    probabilities: Some(p),
+                    ..
+                } => p[j * width..(j + 1) * width].to_vec(),
+                Predicted::Classes { labels, .. } => {
+                    let mut one_hot = vec![0.0; width];
+                    one_hot[labels[j]] = 1.0;
+                    one_hot
+                }
+            };
+            features.insert(i as u64, f);
+        }
+    }
+    Ok(features)
 }
 
 fn urlencode(text: &str) -> String {

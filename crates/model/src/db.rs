@@ -5,7 +5,8 @@ use mlmesh_protocol::model::{Job, JobState, ModelSummary, ModelVersion};
 use mlmesh_store::{StoreError, Tx};
 use rusqlite::{Connection, OptionalExtension, params};
 
-pub const MIGRATIONS: &[&str] = &["
+pub const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE models (
     name TEXT PRIMARY KEY,
     created_ms INTEGER NOT NULL
@@ -29,7 +30,18 @@ CREATE TABLE jobs (
     created_ms INTEGER NOT NULL
 );
 CREATE INDEX jobs_by_state ON jobs (state);
-"];
+",
+    "
+CREATE TABLE oof (
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    rows TEXT NOT NULL,
+    columns INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (model, version)
+);
+",
+];
 
 fn json_error(e: serde_json::Error) -> StoreError {
     StoreError::Rejected(format!("stored JSON is unreadable: {e}"))
@@ -299,4 +311,47 @@ pub fn fail_orphans(
         update_job(tx, &job)?;
     }
     Ok(orphans.len())
+}
+
+/// Stores a version's out-of-fold predictions (in the version's own transaction).
+pub fn insert_oof(
+    tx: &mut Tx<'_>,
+    model: &str,
+    version: u64,
+    oof: &crate::jobs::Oof,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO oof (model, version, rows, columns, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            model,
+            version as i64,
+            serde_json::to_string(&oof.rows).map_err(json_error)?,
+            oof.columns as i64,
+            serde_json::to_string(&oof.data).map_err(json_error)?,
+        ],
+    )?;
+    Ok(())
+}
+
+/// A version's out-of-fold predictions, if it was trained to keep them.
+pub fn oof(
+    c: &Connection,
+    model: &str,
+    version: u64,
+) -> Result<Option<crate::jobs::Oof>, StoreError> {
+    let row: Option<(String, i64, String)> = c
+        .query_row(
+            "SELECT rows, columns, data FROM oof WHERE model = ?1 AND version = ?2",
+            params![model, version as i64],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    row.map(|(rows, columns, data)| {
+        Ok(crate::jobs::Oof {
+            rows: serde_json::from_str(&rows).map_err(json_error)?,
+            columns: usize::try_from(columns).unwrap_or(0),
+            data: serde_json::from_str(&data).map_err(json_error)?,
+        })
+    })
+    .transpose()
 }

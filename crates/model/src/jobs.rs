@@ -37,6 +37,9 @@ pub struct Plan {
     pub features: Vec<(String, ColumnType)>,
     pub validation: Validation,
     pub seed: u64,
+    /// Keep each row's out-of-fold prediction (k-fold only).
+    #[serde(default)]
+    pub keep_oof: bool,
 }
 
 /// Silence after which another replica's unfinished job counts as abandoned.
@@ -272,11 +275,7 @@ impl Jobs {
         self.finish(job, outcome).await
     }
 
-    async fn train(
-        &self,
-        plan: &Plan,
-        progress: &Arc<Progress>,
-    ) -> Result<(Artifact, ModelVersion), String> {
+    async fn train(&self, plan: &Plan, progress: &Arc<Progress>) -> Result<Fitted, String> {
         let path = self.layout.dataset(&plan.dataset, &plan.address);
         self.data
             .copy(
@@ -299,17 +298,20 @@ impl Jobs {
     async fn finish(
         &self,
         mut job: Job,
-        outcome: Result<(Artifact, ModelVersion), String>,
+        outcome: Result<Fitted, String>,
     ) -> Result<(), mlmesh_store::StoreError> {
         job.finished_ms = Some(now_ms());
         let written = match outcome {
-            Ok((artifact, info)) => {
+            Ok((artifact, info, oof)) => {
                 let bytes = artifact.to_bytes();
                 let mut done = job.clone();
                 let version = self
                     .store
                     .write(move |tx| {
                         let info = db::insert_version(tx, info, &bytes)?;
+                        if let Some(oof) = &oof {
+                            db::insert_oof(tx, &info.model, info.version, oof)?;
+                        }
                         done.state = JobState::Succeeded;
                         done.progress = 1.0;
                         done.version = Some(info.version);
@@ -381,12 +383,19 @@ async fn track(store: Store, mut job: Job, progress: Arc<Progress>) {
     }
 }
 
+/// Out-of-fold predictions: `rows` are dataset row positions, `data` is `[rows, columns]`.
+#[derive(Debug, Clone)]
+pub struct Oof {
+    pub rows: Vec<u64>,
+    pub columns: usize,
+    pub data: Vec<f64>,
+}
+
+/// What a finished training yields.
+pub type Fitted = (Artifact, ModelVersion, Option<Oof>);
+
 /// Reads the dataset copy, evaluates, fits the served model and describes the version.
-pub fn fit(
-    plan: &Plan,
-    path: &std::path::Path,
-    progress: &Progress,
-) -> Result<(Artifact, ModelVersion), String> {
+pub fn fit(plan: &Plan, path: &std::path::Path, progress: &Progress) -> Result<Fitted, String> {
     let mut columns: Vec<(String, ColumnType)> = plan.features.clone();
     columns.push(plan.target.clone());
     let raw = dataset::read(path, &columns)?;
@@ -453,6 +462,12 @@ pub fn fit(
     let units = splits.len() + usize::from(matches!(plan.validation, Validation::Kfold(_)));
     let mut fold_metrics = Vec::new();
     let mut served = None;
+    let keep_oof = plan.keep_oof && matches!(plan.validation, Validation::Kfold(_));
+    let mut oof: Vec<Option<Vec<f64>>> = if keep_oof {
+        vec![None; keep.len()]
+    } else {
+        Vec::new()
+    };
     for (i, (train, test)) in splits.iter().enumerate() {
         let unit = Progress::default();
         let (model, prep) = fit_rows(
@@ -460,10 +475,35 @@ pub fn fit(
         )?;
         if !test.is_empty() {
             let prediction = model.predict(&prep.transform(&frame.select(test)));
+            if keep_oof {
+                for (j, &row) in test.iter().enumerate() {
+                    oof[row] = Some(match &prediction {
+                        Prediction::Probabilities(m) => {
+                            m.data[j * m.cols..(j + 1) * m.cols].to_vec()
+                        }
+                        Prediction::Values(v) => vec![v[j]],
+                    });
+                }
+            }
             fold_metrics.push(metrics::evaluate(&target.select(test), &prediction));
         }
         served = Some((model, prep, train.len()));
     }
+    let oof = keep_oof.then(|| {
+        let columns = oof.iter().flatten().map(Vec::len).next().unwrap_or(0);
+        let mut out = Oof {
+            rows: Vec::new(),
+            columns,
+            data: Vec::new(),
+        };
+        for (i, p) in oof.into_iter().enumerate() {
+            if let Some(p) = p {
+                out.rows.push(keep[i] as u64);
+                out.data.extend(p);
+            }
+        }
+        out
+    });
     if matches!(plan.validation, Validation::Kfold(_)) {
         let all: Vec<usize> = (0..keep.len()).collect();
         let unit = Progress::default();
@@ -533,7 +573,7 @@ pub fn fit(
         artifact_bytes: 0,
         created_ms: now_ms(),
     };
-    Ok((artifact, info))
+    Ok((artifact, info, oof))
 }
 
 /// Fits preprocessing and model on `rows`, forwarding progress and cancels to the job's.

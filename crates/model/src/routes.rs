@@ -18,8 +18,8 @@ use mlmesh_learn::{Params, Task};
 use mlmesh_protocol::ErrorBody;
 use mlmesh_protocol::data::ColumnType;
 use mlmesh_protocol::model::{
-    AlgorithmInfo, AlgorithmList, Job, JobList, ModelDetail, ModelList, ModelVersion, ParamInfo,
-    TrainRequest, Validation,
+    AlgorithmInfo, AlgorithmList, Job, JobList, ModelDetail, ModelList, ModelVersion,
+    OofPredictions, ParamInfo, TrainRequest, Validation,
 };
 use mlmesh_protocol::v2::{InferRequest, InferResponse, ModelMetadata, ServerMetadata};
 use mlmesh_protocol::v2_binary;
@@ -375,6 +375,7 @@ pub fn router(state: AppState, server: &ServerConfig) -> Router {
         .routes(routes!(model))
         .routes(routes!(version))
         .routes(routes!(artifact))
+        .routes(routes!(oof))
         .routes(routes!(server_metadata))
         .routes(routes!(model_metadata))
         .routes(routes!(version_metadata))
@@ -472,6 +473,12 @@ async fn plan(state: &AppState, name: &str, request: TrainRequest) -> Result<Pla
         )));
     }
     let validation = request.validation.unwrap_or(Validation::Holdout(0.2));
+    if request.keep_oof && !matches!(validation, Validation::Kfold(_)) {
+        return Err(ModelError::Invalid(
+            "keep_oof needs k-fold validation: add \"validation\": {\"kfold\": 5}".into(),
+        ));
+    }
+    let keep_oof = request.keep_oof;
     match validation {
         Validation::Holdout(f) if !(f > 0.0 && f <= 0.9) => {
             return Err(ModelError::Invalid(format!(
@@ -608,6 +615,7 @@ async fn plan(state: &AppState, name: &str, request: TrainRequest) -> Result<Pla
         features,
         validation,
         seed: request.seed.unwrap_or(0),
+        keep_oof,
     })
 }
 
@@ -712,6 +720,37 @@ async fn find_version(
         .read(move |c| db::version(c, &n, &w))
         .await?
         .ok_or_else(|| ModelError::NotFound(format!("model {name} has no version {which}")))
+}
+
+/// Each row's out-of-fold prediction, for versions trained with `keep_oof` (stacking).
+#[utoipa::path(get, path = "/v1/models/{name}/versions/{version}/oof", tag = "models",
+    params(("name" = String, Path), ("version" = String, Path)),
+    responses((status = 200, body = OofPredictions), (status = 404, body = ErrorBody)))]
+async fn oof(
+    State(state): State<AppState>,
+    Path((name, which)): Path<(String, String)>,
+) -> Result<Json<OofPredictions>, ApiError> {
+    let info = find_version(&state, &name, &which).await?;
+    let (n, v) = (name.clone(), info.version);
+    let oof = state
+        .0
+        .store
+        .read(move |c| db::oof(c, &n, v))
+        .await
+        .map_err(ModelError::from)?
+        .ok_or_else(|| {
+            ModelError::NotFound(format!(
+                "version {v} of {name} kept no out-of-fold predictions; train with k-fold validation and \"keep_oof\": true"
+            ))
+        })?;
+    Ok(Json(OofPredictions {
+        model: name,
+        version: v,
+        rows: oof.rows,
+        classes: info.signature.classes,
+        columns: oof.columns,
+        data: oof.data,
+    }))
 }
 
 /// The version's artifact: `mlmesh.model` v1 JSON (see docs/specs/model-artifact.md), or the

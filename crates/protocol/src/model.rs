@@ -73,6 +73,27 @@ pub struct TrainRequest {
     /// Feature columns; defaults to every column but the target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub features: Option<Vec<String>>,
+    /// With k-fold validation: keep every row's out-of-fold prediction, served at
+    /// `GET /v1/models/{name}/versions/{v}/oof` (what a stacking meta-model learns from).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_oof: bool,
+}
+
+/// `GET /v1/models/{name}/versions/{v}/oof`: each row's prediction by the fold model that did
+/// not see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OofPredictions {
+    pub model: String,
+    pub version: u64,
+    /// Positions of the rows in the dataset version (rows without a target are left out).
+    pub rows: Vec<u64>,
+    /// Classifiers: the class of each column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<Vec<String>>,
+    /// Values per row: one per class (probabilities) or one (regression).
+    pub columns: usize,
+    /// `[rows, columns]`, row-major.
+    pub data: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
