@@ -95,6 +95,11 @@ enum Target {
 
 impl Target {
     async fn send(&self) -> bool {
+        self.try_send().await.is_ok()
+    }
+
+    /// One request; the error says what came back.
+    async fn try_send(&self) -> Result<(), String> {
         match self {
             Self::Http {
                 client,
@@ -107,22 +112,32 @@ impl Target {
                 if let Some(key) = key {
                     request = request.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
                 }
-                let Ok(request) = request.body(Full::new(body.clone())) else {
-                    return false;
-                };
-                match client.request(request).await {
-                    Ok(response) => {
-                        let ok = response.status() == http::StatusCode::OK;
-                        ok && response.into_body().collect().await.is_ok()
-                    }
-                    Err(_) => false,
+                let request = request
+                    .body(Full::new(body.clone()))
+                    .map_err(|e| e.to_string())?;
+                let response = client.request(request).await.map_err(|e| e.to_string())?;
+                let status = response.status();
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .to_bytes();
+                if status == http::StatusCode::OK {
+                    Ok(())
+                } else {
+                    Err(format!("{status}: {}", String::from_utf8_lossy(&body)))
                 }
             }
             Self::Direct {
                 direct,
                 ensemble,
                 request,
-            } => direct.infer(ensemble, request).await.is_ok(),
+            } => direct
+                .infer(ensemble, request)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
         }
     }
 }
@@ -273,8 +288,8 @@ pub async fn run(args: BenchArgs, platform: &PlatformArgs) -> anyhow::Result<()>
     for _ in 0..args.warmup {
         target.send().await;
     }
-    if !target.send().await {
-        bail!("a request to {model} at {base} failed; check it with `mlmesh predict`");
+    if let Err(error) = target.try_send().await {
+        bail!("a request to {model} at {base} failed: {error}");
     }
     let (histogram, requests, errors, elapsed) = match args.rate {
         None => closed_loop(&target, args.users, args.duration).await,

@@ -179,28 +179,42 @@ async fn locate_model(platform: &PlatformArgs, _model: &str) -> anyhow::Result<P
 
 pub async fn predict(args: PredictArgs, platform: &PlatformArgs) -> anyhow::Result<()> {
     let service = locate_model(platform, &args.model).await?;
-    let requests: Vec<InferRequest> = match (&args.json, &args.csv) {
-        (Some(text), _) => {
-            let text = match text.strip_prefix('@') {
-                Some(path) => {
-                    std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?
-                }
-                None => text.clone(),
-            };
-            vec![serde_json::from_str(&text).context("--json is not an inference request")?]
-        }
-        (None, Some(path)) => {
-            let info: ModelVersion = service
-                .get(&format!(
-                    "/v1/models/{}/versions/{}",
-                    args.model,
-                    args.version.as_deref().unwrap_or("latest")
-                ))
-                .await?;
-            csv_requests(path, &info)?
-        }
-        (None, None) => bail!("give --json or --csv"),
-    };
+    let requests: Vec<InferRequest> =
+        match (&args.json, &args.csv) {
+            (Some(text), _) => {
+                let text = match text.strip_prefix('@') {
+                    Some(path) => std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {path}"))?,
+                    None => text.clone(),
+                };
+                vec![serde_json::from_str(&text).context("--json is not an inference request")?]
+            }
+            (None, Some(path)) => {
+                // The columns come from the model, or for an ensemble from its first mlmesh member.
+                let ensemble: Option<mlmesh_protocol::gateway::Ensemble> = service
+                    .get(&format!("/v1/ensembles/{}", args.model))
+                    .await
+                    .ok();
+                let (model, version) = match &ensemble {
+                    Some(e) => {
+                        let first =
+                            e.members.iter().find(|m| m.spec.url.is_none()).context(
+                                "no member of this ensemble is an mlmesh model; use --json",
+                            )?;
+                        (first.spec.model.clone(), first.spec.version.clone())
+                    }
+                    None => (args.model.clone(), args.version.clone()),
+                };
+                let info: ModelVersion = service
+                    .get(&format!(
+                        "/v1/models/{model}/versions/{}",
+                        version.as_deref().unwrap_or("latest")
+                    ))
+                    .await?;
+                csv_requests(path, &info)?
+            }
+            (None, None) => bail!("give --json or --csv"),
+        };
     let path = match &args.version {
         Some(v) => format!("/v2/models/{}/versions/{v}/infer", args.model),
         None => format!("/v2/models/{}/infer", args.model),

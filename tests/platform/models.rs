@@ -650,6 +650,102 @@ async fn cli_trains_and_predicts(data_dir: &Path) {
         .map(|l| l.split('\t').next().unwrap())
         .collect();
     assert_eq!(labels, vec!["big", "small"], "{text}");
+
+    // An ensemble from the CLI, predicted from CSV and load-tested with `bench --json`.
+    let out = run(&[
+        "ensemble",
+        "create",
+        "cli-vote",
+        "--method",
+        "hard_vote",
+        "--member",
+        "cli-lr@1",
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&[
+        "predict",
+        "--model",
+        "cli-vote",
+        "--csv",
+        csv.to_str().unwrap(),
+    ])
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let voted: Vec<&str> = text
+        .lines()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    assert_eq!(voted, labels, "a one-member vote agrees with its member");
+    let request = r#"{"inputs": [{"name": "colour", "shape": [1], "datatype": "BYTES", "data": ["red"]},
+        {"name": "size", "shape": [1], "datatype": "FP64", "data": [1]},
+        {"name": "fresh", "shape": [1], "datatype": "BOOL", "data": [false]}]}"#;
+    for target in [
+        &["--model", "cli-vote"][..],
+        &["--model", "cli-lr", "--direct"][..],
+    ] {
+        let mut args = vec![
+            "bench",
+            "--duration",
+            "300ms",
+            "--users",
+            "2",
+            "--warmup",
+            "5",
+            "--json",
+            "--request",
+            request,
+        ];
+        args.extend_from_slice(target);
+        let out = run(&args).await;
+        assert!(
+            out.status.success(),
+            "bench {target:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        for key in [
+            "target",
+            "model",
+            "users",
+            "duration_s",
+            "requests",
+            "errors",
+            "rps",
+        ] {
+            assert!(!report[key].is_null(), "bench --json lacks {key}: {report}");
+        }
+        assert!(
+            report["requests"].as_u64().unwrap() > 0 && report["errors"] == 0,
+            "{report}"
+        );
+        for key in ["avg", "p50", "p90", "p99", "max"] {
+            assert!(
+                report["latency_ms"][key].as_f64().unwrap() > 0.0,
+                "{report}"
+            );
+        }
+    }
+    let out = run(&[
+        "ensemble", "create", "cli-bad", "--method", "mean", "--member", "cli-lr",
+    ])
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("soft_vote"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let out = run(&[
         "train",
         "--dataset",
