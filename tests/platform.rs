@@ -810,7 +810,7 @@ async fn cli_uploads_lists_and_shows_datasets() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut up = mlmesh()
-        .args(["up", "--data-dir"])
+        .args(["up", "--port", "0", "--data-dir"])
         .arg(&data)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
