@@ -14,7 +14,6 @@ use super::{WAIT, kill9, serve_service};
 
 struct Gateway {
     url: String,
-    admin: String,
 }
 
 impl Gateway {
@@ -149,10 +148,7 @@ async fn gateway_guards_routes_and_combines_members() {
         "gateway.max_request_bytes=200000",
     ]);
     let (_gateway, url) = serve_service(&args, d).await;
-    let gw = Gateway {
-        url,
-        admin: admin.to_string(),
-    };
+    let gw = Gateway { url };
     eventually(WAIT, "gateway sees the model services", || async {
         let (_, list) = gw.get("/v1/algorithms", admin).await;
         (list["algorithms"].as_array().map_or(0, Vec::len) >= 6).then_some(())
@@ -511,6 +507,33 @@ async fn gateway_guards_routes_and_combines_members() {
     assert_error(status, &body, 409, "an ensemble named like a model");
     let (status, body) = gw.get("/v1/ensembles/bad", &trainer).await;
     assert_error(status, &body, 404, "nothing was stored");
+    let (status, body, _) = gw
+        .call(
+            reqwest::Method::DELETE,
+            "/v1/ensembles/bad",
+            Some(&trainer),
+            None,
+        )
+        .await;
+    assert_error(status, &body, 404, "deleting an unknown ensemble");
+    let (status, body) = gw.get("/v1/models/wine-rf/versions/1/oof", &trainer).await;
+    assert_error(
+        status,
+        &body,
+        404,
+        "out-of-fold predictions a version did not keep",
+    );
+    for (id, want) in [("admin", 409), ("key_nope", 404)] {
+        let (status, body, _) = gw
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/v1/keys/{id}"),
+                Some(admin),
+                None,
+            )
+            .await;
+        assert_error(status, &body, want, &format!("deleting key {id}"));
+    }
     let (status, body) = gw
         .put(
             "/v1/ensembles/x",
@@ -713,7 +736,6 @@ async fn gateway_guards_routes_and_combines_members() {
         .call(reqwest::Method::GET, "/v1/models", Some(&predictor), None)
         .await;
     assert_eq!(status, 401);
-    let _ = gw.admin;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -738,10 +760,7 @@ async fn mlserver_is_a_foreign_ensemble_member() {
         d,
     )
     .await;
-    let gw = Gateway {
-        url,
-        admin: admin.to_string(),
-    };
+    let gw = Gateway { url };
 
     // MLServer with a scikit-learn forest trained on the same data.
     let csv = mlmesh_testkit::shared_data("tabular/wine_quality/winequality-red.csv");
@@ -872,5 +891,4 @@ async fn mlserver_is_a_foreign_ensemble_member() {
         )
         .await;
     assert_eq!(status, 503);
-    let _ = gw.admin;
 }

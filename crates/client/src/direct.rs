@@ -10,7 +10,7 @@ use mlmesh_ensemble::define::{build, check_spec};
 use mlmesh_ensemble::fanout::{Outcome, RunError};
 use mlmesh_ensemble::{Member, MemberFuture};
 use mlmesh_kit::discovery::{Discovery, RegistryClient};
-use mlmesh_protocol::gateway::{Ensemble, EnsembleSpec, MemberInfo, Method as Combine};
+use mlmesh_protocol::gateway::{Ensemble, EnsembleSpec, MemberInfo};
 use mlmesh_protocol::v2::{Datatype, InferInput, InferRequest, InferResponse};
 use mlmesh_resilience::DeadlineAt;
 use serde_json::{Map, Value};
@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::lookup::{self, LookupError};
-use crate::mesh::{MODEL_SERVICE_PREFIX, Mesh};
+use crate::mesh::Mesh;
 
 /// Why an ensemble cannot be defined or cannot answer.
 #[derive(Debug, thiserror::Error)]
@@ -92,14 +92,7 @@ impl Member for MeshMembers {
                 .await
                 .map_err(|e| crate::gateway::error_chain(&*e))?;
             if answer.status != StatusCode::OK {
-                let text = serde_json::from_slice::<mlmesh_protocol::ErrorBody>(&answer.body)
-                    .map(|e| e.error)
-                    .unwrap_or_else(|_| {
-                        String::from_utf8_lossy(&answer.body)
-                            .chars()
-                            .take(200)
-                            .collect()
-                    });
+                let text = crate::gateway::error_text(&answer.body);
                 return Err(format!("answered {}: {text}", answer.status.as_u16()));
             }
             serde_json::from_slice(&answer.body)
@@ -153,12 +146,6 @@ pub async fn define(
         }
         members.push(info);
     }
-    if method == Combine::Stacking
-        && members.iter().any(|m| m.spec.url.is_some())
-        && spec.stacking.is_none()
-    {
-        return Err(EnsembleError::Invalid("stacking needs a dataset".into()));
-    }
     build(name, method, policy, members, created_ms).map_err(EnsembleError::Invalid)
 }
 
@@ -199,7 +186,7 @@ pub async fn infer(
                         message: "the ensemble's meta-model is missing".into(),
                         members: None,
                     })?;
-            let meta_request = InferRequest {
+            let mut meta_request = InferRequest {
                 id: None,
                 parameters: None,
                 inputs: vec![InferInput {
@@ -211,7 +198,6 @@ pub async fn infer(
                 }],
                 outputs: None,
             };
-            let mut meta_request = meta_request;
             if probabilities {
                 let mut p = Map::new();
                 p.insert("probabilities".into(), Value::Bool(true));
@@ -299,11 +285,6 @@ impl Direct {
 
     pub fn mesh(&self) -> &Mesh {
         &self.mesh
-    }
-
-    /// Model services found so far.
-    pub fn model_services(&self) -> Vec<String> {
-        self.mesh.services(MODEL_SERVICE_PREFIX)
     }
 
     /// Looks the members up and checks that they can be combined.

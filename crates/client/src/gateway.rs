@@ -23,6 +23,13 @@ pub enum ClientError {
     Decode(String),
 }
 
+/// What an error answer says: its `{"error"}` message, or the start of its body.
+pub fn error_text(body: &[u8]) -> String {
+    serde_json::from_slice::<ErrorBody>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).chars().take(200).collect())
+}
+
 /// An error with its sources, on one line.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
@@ -82,12 +89,9 @@ impl Client {
             .await
             .map_err(|e| ClientError::Transport(error_chain(&e)))?;
         if !status.is_success() {
-            let message = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
             return Err(ClientError::Status {
                 status: status.as_u16(),
-                message,
+                message: error_text(&bytes),
             });
         }
         if bytes.is_empty() {

@@ -2,11 +2,11 @@
 //! classes and inputs; for a foreign member, that its server knows the model and is ready.
 
 use http::{Method, StatusCode};
-use mlmesh_protocol::ErrorBody;
 use mlmesh_protocol::data::ColumnType;
 use mlmesh_protocol::gateway::{MemberInfo, MemberSpec, Method as Combine};
 use mlmesh_protocol::model::ModelDetail;
 
+use crate::gateway::error_text;
 use crate::mesh::{MODEL_SERVICE_PREFIX, Mesh};
 
 /// Why a member cannot be used; `NotFound` and `Invalid` are the definer's mistakes.
@@ -18,12 +18,6 @@ pub enum LookupError {
     Invalid(String),
     #[error("{0}")]
     Unavailable(String),
-}
-
-fn message(body: &[u8]) -> String {
-    serde_json::from_slice::<ErrorBody>(body)
-        .map(|e| e.error)
-        .unwrap_or_else(|_| String::from_utf8_lossy(body).chars().take(200).collect())
 }
 
 /// The model service serving `model`: from registry metadata, else by asking each one.
@@ -84,14 +78,14 @@ async fn native(
         return Err(LookupError::NotFound(format!(
             "model {:?}: {}",
             spec.model,
-            message(&answer.body)
+            error_text(&answer.body)
         )));
     }
     if !answer.status.is_success() {
         return Err(LookupError::Unavailable(format!(
             "{service} answered {}: {}",
             answer.status,
-            message(&answer.body)
+            error_text(&answer.body)
         )));
     }
     let detail: ModelDetail = serde_json::from_slice(&answer.body).map_err(|e| {
@@ -157,7 +151,7 @@ async fn foreign(
                 "foreign member {} at {url}: its {what} answered {}: {}",
                 spec.model,
                 answer.status,
-                message(&answer.body)
+                error_text(&answer.body)
             )));
         }
     }

@@ -6,9 +6,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use mlmesh_kit::discovery::Discovery;
 use mlmesh_protocol::registry::Snapshot;
 use mlmesh_resilience::{BoxError, DeadlineAt, Idempotent, Upstream, UpstreamConfig};
@@ -176,11 +175,6 @@ impl Mesh {
         *owners = Arc::new(next);
     }
 
-    /// Every model known, with its service.
-    pub fn owners(&self) -> Arc<HashMap<String, String>> {
-        Arc::clone(&self.inner.owners.read().unwrap_or_else(|e| e.into_inner()))
-    }
-
     /// Registered services whose name starts with `prefix`.
     pub fn services(&self, prefix: &str) -> Vec<String> {
         self.inner
@@ -191,26 +185,6 @@ impl Mesh {
             .filter(|s| s.starts_with(prefix))
             .cloned()
             .collect()
-    }
-
-    /// Every stack (for status pages).
-    pub fn upstreams(&self) -> Vec<Upstream<Transport>> {
-        self.inner
-            .upstreams
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
-    }
-
-    /// Sends a request through `upstream`'s stack.
-    pub async fn send(
-        &self,
-        upstream: &Upstream<Transport>,
-        request: Request<Payload>,
-    ) -> Result<Response<Incoming>, BoxError> {
-        upstream.call(request).await
     }
 
     /// A buffered call: `body` JSON (or none); inference-like POSTs are marked idempotent with

@@ -184,26 +184,27 @@ pub fn read(
         .or_else(|| response.outputs.first())
         .ok_or("the answer has no outputs")?;
     let (rows, columns) = matrix_shape(output)?;
-    match &member.member_classes {
-        Some(member_classes)
-            if columns > 1 || member.spec.output.is_some() && columns == member_classes.len() =>
-        {
-            if columns != member_classes.len() {
-                return Err(format!(
-                    "output {} has {columns} columns for {} classes",
-                    output.name,
-                    member_classes.len()
-                ));
-            }
-            let (labels, probabilities) =
-                aligned(&numbers(output)?, rows, member_classes, classes)?;
-            Ok(Answer::Classes {
-                labels,
-                probabilities: Some(probabilities),
-            })
-        }
-        _ => labels_of(output, classes),
+    if columns == 1 {
+        return labels_of(output, classes);
     }
+    let member_classes = member.member_classes.as_ref().ok_or_else(|| {
+        format!(
+            "output {} has {columns} columns; give the member \"classes\" to read them as probabilities",
+            output.name
+        )
+    })?;
+    if columns != member_classes.len() {
+        return Err(format!(
+            "output {} has {columns} columns for {} classes",
+            output.name,
+            member_classes.len()
+        ));
+    }
+    let (labels, probabilities) = aligned(&numbers(output)?, rows, member_classes, classes)?;
+    Ok(Answer::Classes {
+        labels,
+        probabilities: Some(probabilities),
+    })
 }
 
 fn labels_of(output: &InferOutput, classes: &[String]) -> Result<Answer, String> {

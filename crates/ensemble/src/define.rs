@@ -223,6 +223,15 @@ pub fn build(
     } else {
         None
     };
+    // Labels are integers when every member's are (so INT64 in, INT64 out).
+    let integer = members.iter().all(|m| m.integer_labels);
+    let members = members
+        .into_iter()
+        .map(|m| MemberInfo {
+            integer_labels: integer,
+            ..m
+        })
+        .collect();
     Ok(Ensemble {
         name: name.to_string(),
         method,
@@ -232,14 +241,6 @@ pub fn build(
         members,
         stacking: None,
         created_ms,
-    })
-    .map(|mut e| {
-        // Labels are integers when every member's are (so INT64 in, INT64 out).
-        let integer = e.members.iter().all(|m| m.integer_labels);
-        for m in &mut e.members {
-            m.integer_labels = integer;
-        }
-        e
     })
 }
 

@@ -54,14 +54,19 @@ pub enum RunError {
 
 /// The request each member gets: the caller's inputs, asking mlmesh classifiers for their
 /// probabilities and foreign members for the output they were defined with.
-fn member_request(request: &InferRequest, member: &MemberInfo, classifies: bool) -> InferRequest {
-    let outputs = match (&member.spec.url, &member.spec.output) {
-        (Some(_), Some(output)) => Some(vec![RequestedOutput {
+/// `foreign` is the member when it is on a foreign server; all mlmesh members share one request.
+fn member_request(
+    request: &InferRequest,
+    foreign: Option<&MemberInfo>,
+    classifies: bool,
+) -> InferRequest {
+    let outputs = match foreign.map(|m| &m.spec.output) {
+        Some(Some(output)) => Some(vec![RequestedOutput {
             name: output.clone(),
             parameters: None,
         }]),
-        (Some(_), None) => None,
-        (None, _) if classifies => Some(
+        Some(None) => None,
+        None if classifies => Some(
             ["label", "probabilities"]
                 .into_iter()
                 .map(|name| RequestedOutput {
@@ -70,7 +75,7 @@ fn member_request(request: &InferRequest, member: &MemberInfo, classifies: bool)
                 })
                 .collect(),
         ),
-        (None, _) => None,
+        None => None,
     };
     InferRequest {
         id: request.id.clone(),
@@ -99,12 +104,12 @@ pub async fn run(
     if let Some(caller) = caller_deadline {
         deadline = deadline.min(caller);
     }
-    let native = Arc::new(member_request(request, &plain(), classifies));
+    let native = Arc::new(member_request(request, None, classifies));
     let calls = ensemble.members.iter().map(|m| {
         let req = if m.spec.url.is_none() {
             Arc::clone(&native)
         } else {
-            Arc::new(member_request(request, m, classifies))
+            Arc::new(member_request(request, Some(m), classifies))
         };
         let call = members.call(m, req, deadline);
         async move {
@@ -191,23 +196,6 @@ pub async fn run(
         )),
         reports,
     ))
-}
-
-/// A stand-in native member, for building the request all native members share.
-fn plain() -> MemberInfo {
-    MemberInfo {
-        spec: mlmesh_protocol::gateway::MemberSpec {
-            model: String::new(),
-            version: None,
-            weight: None,
-            url: None,
-            output: None,
-            classes: None,
-        },
-        task: String::new(),
-        member_classes: None,
-        integer_labels: false,
-    }
 }
 
 #[cfg(test)]

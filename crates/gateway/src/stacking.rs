@@ -43,9 +43,7 @@ fn check(answer: &Answer, what: &str) -> Result<(), EnsembleError> {
     if answer.status.is_success() {
         return Ok(());
     }
-    let text = serde_json::from_slice::<mlmesh_protocol::ErrorBody>(&answer.body)
-        .map(|e| e.error)
-        .unwrap_or_else(|_| String::from_utf8_lossy(&answer.body).into_owned());
+    let text = mlmesh_client::gateway::error_text(&answer.body);
     if answer.status == StatusCode::NOT_FOUND {
         return Err(EnsembleError::NotFound(format!("{what}: {text}")));
     }

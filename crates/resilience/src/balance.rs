@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use crate::BoxError;
-use crate::breaker::{Breaker, BreakerConfig, BreakerState};
+use crate::breaker::{Breaker, BreakerConfig};
 use crate::deadline::{DEADLINE_HEADER, DeadlineAt};
 use crate::retry::Tried;
 
@@ -79,15 +79,6 @@ impl<S> Replica<S> {
             meter.estimate_ns = meter.estimate_ns * w + rtt * (1.0 - w);
         }
         meter.stamp = now;
-    }
-
-    /// The estimate in milliseconds (for status pages and tests).
-    pub fn latency_ms(&self) -> f64 {
-        self.meter
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .estimate_ns
-            / 1e6
     }
 }
 
@@ -337,9 +328,6 @@ where
                 Err(_) => false,
             };
             replica.breaker.record(ok, elapsed);
-            if replica.breaker.state() != BreakerState::Closed {
-                tracing::debug!(replica = %replica.url, "call recorded on a tripped breaker");
-            }
             result
         })
     }
