@@ -12,6 +12,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+// Every request allocates headers, bodies and futures; glibc's malloc was ~9% of the gateway's
+// CPU under load (perf), mimalloc's thread-local free lists cut that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "mlmesh",

@@ -136,7 +136,10 @@ impl App {
                         .get(REQUEST_ID_HEADER)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
-                    tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
+                    // Debug level: at info, building this span for every request (the JSON
+                    // formatter renders its fields up front) was ~4% of the gateway's CPU.
+                    // `log_level = "debug"` turns it on, request id included.
+                    tracing::debug_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
                 }),
             )
             .layer(PropagateRequestIdLayer::new(request_id))

@@ -1,0 +1,342 @@
+//! Scaling policies. Reactive follows the Kubernetes HPA algorithm (the honest baseline);
+//! predictive provisions for the upper forecast at the horizon a new replica needs to start;
+//! hybrid is predictive but never below what reactive asks. All three share the bounds,
+//! the scale-up rate limit and the scale-down stabilisation window, and every decision says
+//! why.
+
+use std::collections::VecDeque;
+
+/// Which policy decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Reactive,
+    Predictive,
+    Hybrid,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Reactive, Kind::Predictive, Kind::Hybrid];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Reactive => "reactive",
+            Kind::Predictive => "predictive",
+            Kind::Hybrid => "hybrid",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == text)
+    }
+
+    pub fn uses_forecast(self) -> bool {
+        self != Kind::Reactive
+    }
+}
+
+/// Bounds and pacing shared by every policy.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    /// Busy fraction a replica should run at (HPA's target utilisation).
+    pub target_utilisation: f64,
+    /// Reactive leaves the count alone while utilisation is within this fraction of target.
+    pub tolerance: f64,
+    /// Requests per second one replica serves at full utilisation.
+    pub capacity_rps: f64,
+    /// Scale-down uses the highest recommendation of this many seconds (HPA: 300).
+    pub scale_down_stabilisation_s: f64,
+    /// Scale-up adds at most max(this, current) replicas per decision (HPA: 4 pods or 100%).
+    pub max_scale_up: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            min_replicas: 1,
+            max_replicas: 50,
+            target_utilisation: 0.7,
+            tolerance: 0.1,
+            capacity_rps: 10.0,
+            scale_down_stabilisation_s: 300.0,
+            max_scale_up: 4,
+        }
+    }
+}
+
+impl Limits {
+    /// Refuses limits that cannot work, saying which and why.
+    pub fn check(&self) -> Result<(), String> {
+        if self.min_replicas > self.max_replicas {
+            return Err(format!(
+                "min_replicas ({}) is above max_replicas ({})",
+                self.min_replicas, self.max_replicas
+            ));
+        }
+        if self.max_replicas == 0 {
+            return Err("max_replicas must be at least 1".into());
+        }
+        let positive = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{name} must be a positive number, not {v}"))
+            }
+        };
+        positive("capacity_rps", self.capacity_rps)?;
+        positive("target_utilisation", self.target_utilisation)?;
+        if self.target_utilisation > 1.0 {
+            return Err(format!(
+                "target_utilisation is a fraction of capacity (0 < t ≤ 1), not {}",
+                self.target_utilisation
+            ));
+        }
+        if !(self.tolerance.is_finite() && (0.0..1.0).contains(&self.tolerance)) {
+            return Err(format!(
+                "tolerance must be in [0, 1), not {}",
+                self.tolerance
+            ));
+        }
+        if !(self.scale_down_stabilisation_s.is_finite() && self.scale_down_stabilisation_s >= 0.0)
+        {
+            return Err(format!(
+                "scale_down_stabilisation_s must be ≥ 0, not {}",
+                self.scale_down_stabilisation_s
+            ));
+        }
+        if self.max_scale_up == 0 {
+            return Err("max_scale_up must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Replicas that serve `rps` at the target utilisation.
+    pub fn replicas_for(&self, rps: f64) -> u32 {
+        let need = rps.max(0.0) / (self.capacity_rps * self.target_utilisation);
+        need.ceil().min(f64::from(u32::MAX)) as u32
+    }
+}
+
+/// What the policy sees at a decision.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Observation {
+    /// Seconds since the start.
+    pub now: f64,
+    /// Replicas serving.
+    pub ready: u32,
+    /// Replicas started but not yet serving.
+    pub starting: u32,
+    /// Busy fraction of the ready replicas over the last interval.
+    pub utilisation: f64,
+    /// Upper forecast of the request rate over the horizon (predictive and hybrid).
+    pub forecast_rps: Option<f64>,
+}
+
+/// One recorded decision.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Decision {
+    pub at: f64,
+    pub from: u32,
+    pub to: u32,
+    pub reactive: Option<u32>,
+    pub predictive: Option<u32>,
+    pub reason: String,
+}
+
+/// A policy with its memory (recent recommendations for stabilisation).
+#[derive(Debug, Clone)]
+pub struct Scaler {
+    pub kind: Kind,
+    pub limits: Limits,
+    recent: VecDeque<(f64, u32)>,
+}
+
+impl Scaler {
+    pub fn new(kind: Kind, limits: Limits) -> Result<Self, String> {
+        limits.check()?;
+        Ok(Self {
+            kind,
+            limits,
+            recent: VecDeque::new(),
+        })
+    }
+
+    /// Decides the replica count (ready + starting) after this observation.
+    pub fn decide(&mut self, o: Observation) -> Decision {
+        let l = &self.limits;
+        let current = o.ready + o.starting;
+        let reactive = (self.kind != Kind::Predictive).then(|| {
+            if o.ready == 0 {
+                return current.max(l.min_replicas);
+            }
+            let ratio = o.utilisation / l.target_utilisation;
+            if (ratio - 1.0).abs() <= l.tolerance {
+                current
+            } else {
+                (f64::from(o.ready) * ratio).ceil() as u32
+            }
+        });
+        let predictive = if self.kind.uses_forecast() {
+            o.forecast_rps.map(|rps| l.replicas_for(rps))
+        } else {
+            None
+        };
+        let (wanted, mut reason) = match (self.kind, reactive, predictive) {
+            (Kind::Reactive, Some(r), _) => (
+                r,
+                format!(
+                    "utilisation {:.2} against target {:.2} asks for {r}",
+                    o.utilisation, l.target_utilisation
+                ),
+            ),
+            (Kind::Predictive, _, Some(p)) => (
+                p,
+                format!(
+                    "forecast {:.1} req/s (upper) at the horizon needs {p}",
+                    o.forecast_rps.unwrap_or(0.0)
+                ),
+            ),
+            (Kind::Hybrid, Some(r), Some(p)) => (
+                r.max(p),
+                format!(
+                    "forecast {:.1} req/s (upper) needs {p}; utilisation {:.2} asks for {r}; the larger wins",
+                    o.forecast_rps.unwrap_or(0.0),
+                    o.utilisation
+                ),
+            ),
+            (_, Some(r), None) => (r, format!("no forecast yet; utilisation asks for {r}")),
+            _ => (current, "no forecast yet; holding".to_string()),
+        };
+        let mut to = wanted.clamp(l.min_replicas, l.max_replicas);
+        if to != wanted {
+            reason.push_str(&format!(
+                "; bounded to [{}, {}]",
+                l.min_replicas, l.max_replicas
+            ));
+        }
+        // Stabilise scale-down: the highest recommendation within the window holds.
+        self.recent.push_back((o.now, to));
+        while self
+            .recent
+            .front()
+            .is_some_and(|(t, _)| o.now - t > l.scale_down_stabilisation_s)
+        {
+            self.recent.pop_front();
+        }
+        if to < current {
+            let held = self.recent.iter().map(|(_, r)| *r).max().unwrap_or(to);
+            if held > to {
+                to = held.min(current);
+                reason.push_str(&format!(
+                    "; scale-down held at {to} by the {:.0} s stabilisation window",
+                    l.scale_down_stabilisation_s
+                ));
+            }
+        }
+        let most = current.saturating_add(l.max_scale_up.max(current));
+        if to > most {
+            to = most;
+            reason.push_str(&format!("; scale-up limited to {most} this step"));
+        }
+        Decision {
+            at: o.now,
+            from: current,
+            to,
+            reactive,
+            predictive,
+            reason,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(now: f64, ready: u32, utilisation: f64, forecast: Option<f64>) -> Observation {
+        Observation {
+            now,
+            ready,
+            starting: 0,
+            utilisation,
+            forecast_rps: forecast,
+        }
+    }
+
+    #[test]
+    fn reactive_follows_the_hpa_formula_with_tolerance() {
+        let mut s = Scaler::new(Kind::Reactive, Limits::default()).unwrap();
+        // 4 replicas at 0.91 against 0.7: ceil(4 · 1.3) = 6.
+        assert_eq!(s.decide(obs(0.0, 4, 0.91, None)).to, 6);
+        // Within 10% of target: unchanged.
+        assert_eq!(s.decide(obs(15.0, 4, 0.75, None)).to, 4);
+    }
+
+    #[test]
+    fn predictive_provisions_for_the_forecast_and_hybrid_takes_the_larger() {
+        let limits = Limits::default(); // 10 req/s per replica at 0.7 → 7 req/s each
+        let mut p = Scaler::new(Kind::Predictive, limits.clone()).unwrap();
+        let d = p.decide(obs(0.0, 2, 0.1, Some(70.0)));
+        assert_eq!(d.to, 6, "2 + max(4, 2) at most this step: {d:?}");
+        assert_eq!(d.predictive, Some(10));
+        let mut h = Scaler::new(Kind::Hybrid, limits).unwrap();
+        let d = h.decide(obs(0.0, 4, 1.0, Some(7.0)));
+        assert_eq!((d.reactive, d.predictive, d.to), (Some(6), Some(1), 6));
+        assert!(d.reason.contains("the larger wins"));
+    }
+
+    #[test]
+    fn scale_down_waits_out_the_stabilisation_window() {
+        let mut s = Scaler::new(Kind::Predictive, Limits::default()).unwrap();
+        assert_eq!(s.decide(obs(0.0, 10, 0.5, Some(70.0))).to, 10);
+        let d = s.decide(obs(60.0, 10, 0.1, Some(7.0)));
+        assert_eq!(d.to, 10, "{d:?}");
+        assert!(d.reason.contains("stabilisation"));
+        assert_eq!(s.decide(obs(400.0, 10, 0.1, Some(7.0))).to, 1);
+    }
+
+    #[test]
+    fn bounds_hold_and_bad_limits_are_refused() {
+        let limits = Limits {
+            min_replicas: 2,
+            max_replicas: 3,
+            ..Limits::default()
+        };
+        let mut s = Scaler::new(Kind::Predictive, limits).unwrap();
+        assert_eq!(s.decide(obs(0.0, 3, 0.5, Some(1000.0))).to, 3);
+        assert_eq!(s.decide(obs(1000.0, 3, 0.5, Some(0.0))).to, 2);
+        let bad = |l: Limits| Scaler::new(Kind::Hybrid, l).unwrap_err();
+        assert!(
+            bad(Limits {
+                min_replicas: 5,
+                max_replicas: 2,
+                ..Limits::default()
+            })
+            .contains("above")
+        );
+        assert!(
+            bad(Limits {
+                capacity_rps: -1.0,
+                ..Limits::default()
+            })
+            .contains("capacity")
+        );
+        assert!(
+            bad(Limits {
+                target_utilisation: 1.5,
+                ..Limits::default()
+            })
+            .contains("fraction")
+        );
+        assert!(
+            bad(Limits {
+                scale_down_stabilisation_s: f64::NAN,
+                ..Limits::default()
+            })
+            .contains("stabilisation")
+        );
+    }
+}
