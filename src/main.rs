@@ -69,6 +69,8 @@ enum Command {
         #[command(flatten)]
         platform: cli::PlatformArgs,
     },
+    /// Replay a load trace through the scaling simulator under each policy.
+    Simulate(cli::simulate::SimulateArgs),
 }
 
 /// Options every command that reads configuration shares.
@@ -115,6 +117,7 @@ fn main() -> std::process::ExitCode {
             | Command::Predict { .. }
             | Command::Ensemble { .. }
             | Command::Bench { .. }
+            | Command::Simulate(_)
     ) {
         exit_quietly_on_closed_pipe();
     }
@@ -139,6 +142,7 @@ fn main() -> std::process::ExitCode {
             }
             Command::Ensemble { command, platform } => cli::ensemble::run(command, &platform).await,
             Command::Bench { args, platform } => cli::bench::run(args, &platform).await,
+            Command::Simulate(args) => cli::simulate::run(args),
         }
     });
     match result {

@@ -66,13 +66,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{text:?} is not a duration like 60s, 500ms or 2m"))?;
     let seconds = match unit {
+        "us" => n / 1e6,
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
-        _ => return Err(format!("{text:?}: use ms, s or m")),
+        "h" => n * 3600.0,
+        _ => return Err(format!("{text:?}: use us, ms, s, m or h")),
     };
     if !(seconds > 0.0 && seconds <= 86_400.0) {
-        return Err(format!("{text:?} must be between 1 ms and a day"));
+        return Err(format!("{text:?} must be more than 0 and at most a day"));
     }
     Ok(Duration::from_secs_f64(seconds))
 }

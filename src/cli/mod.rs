@@ -6,6 +6,7 @@ pub mod bench;
 pub mod data;
 pub mod ensemble;
 pub mod model;
+pub mod simulate;
 
 use std::path::PathBuf;
 

@@ -38,6 +38,6 @@ pub fn standard(period: usize, horizon: usize) -> (Vec<Box<dyn Forecaster>>, Vec
             horizon,
         )),
     ];
-    let refit = vec![1, (m / 24).max(1), (m / 4).max(12), m.max(48)];
+    let refit = vec![1, (m / 12).max(1), (m / 4).max(12), m.max(48)];
     (models, refit)
 }

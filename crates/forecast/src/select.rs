@@ -9,6 +9,8 @@
 
 use std::collections::VecDeque;
 
+use rayon::prelude::*;
+
 use crate::model::Forecaster;
 
 /// A forecast from the newest origin.
@@ -150,19 +152,21 @@ impl Selector {
                 self.used.push((origin, e));
             }
         }
-        for entry in &mut self.entries {
+        // Forecasters learn and forecast independently: one per core.
+        let history = &self.history;
+        self.entries.par_iter_mut().for_each(|entry| {
             entry.since_fit = entry.since_fit.saturating_add(1);
             if entry.since_fit >= entry.refit {
                 // A failed fit keeps the previous one (or the last-value fallback).
-                if entry.model.fit(&self.history).is_ok() {
+                if entry.model.fit(history).is_ok() {
                     entry.since_fit = 0;
                 } else {
                     entry.since_fit = entry.refit / 2;
                 }
             }
-            let forecasts = entry.model.predict(&self.history, horizon);
+            let forecasts = entry.model.predict(history, horizon);
             entry.pending.push_back((index, forecasts));
-        }
+        });
         self.choose();
         self.used_pending.push_back((index, self.chosen));
     }

@@ -49,6 +49,10 @@ pub struct Limits {
     pub capacity_rps: f64,
     /// Scale-down uses the highest recommendation of this many seconds (HPA: 300).
     pub scale_down_stabilisation_s: f64,
+    /// Seconds ahead the forecast looks (replica start-up + one interval). Predictive and
+    /// hybrid hold a scale-down only this long: the forecast already covers the time a
+    /// removed replica would need to come back, and holding longer only pays for idle ones.
+    pub forecast_horizon_s: f64,
     /// Scale-up adds at most max(this, current) replicas per decision (HPA: 4 pods or 100%).
     pub max_scale_up: u32,
 }
@@ -62,6 +66,7 @@ impl Default for Limits {
             tolerance: 0.1,
             capacity_rps: 10.0,
             scale_down_stabilisation_s: 300.0,
+            forecast_horizon_s: 75.0,
             max_scale_up: 4,
         }
     }
@@ -105,6 +110,12 @@ impl Limits {
             return Err(format!(
                 "scale_down_stabilisation_s must be ≥ 0, not {}",
                 self.scale_down_stabilisation_s
+            ));
+        }
+        if !(self.forecast_horizon_s.is_finite() && self.forecast_horizon_s >= 0.0) {
+            return Err(format!(
+                "forecast_horizon_s must be ≥ 0, not {}",
+                self.forecast_horizon_s
             ));
         }
         if self.max_scale_up == 0 {
@@ -218,12 +229,13 @@ impl Scaler {
             ));
         }
         // Stabilise scale-down: the highest recommendation within the window holds.
+        let hold = if self.kind.uses_forecast() {
+            l.scale_down_stabilisation_s.min(l.forecast_horizon_s)
+        } else {
+            l.scale_down_stabilisation_s
+        };
         self.recent.push_back((o.now, to));
-        while self
-            .recent
-            .front()
-            .is_some_and(|(t, _)| o.now - t > l.scale_down_stabilisation_s)
-        {
+        while self.recent.front().is_some_and(|(t, _)| o.now - t > hold) {
             self.recent.pop_front();
         }
         if to < current {
@@ -231,8 +243,7 @@ impl Scaler {
             if held > to {
                 to = held.min(current);
                 reason.push_str(&format!(
-                    "; scale-down held at {to} by the {:.0} s stabilisation window",
-                    l.scale_down_stabilisation_s
+                    "; scale-down held at {to} by the {hold:.0} s stabilisation window"
                 ));
             }
         }
@@ -290,12 +301,17 @@ mod tests {
 
     #[test]
     fn scale_down_waits_out_the_stabilisation_window() {
-        let mut s = Scaler::new(Kind::Predictive, Limits::default()).unwrap();
-        assert_eq!(s.decide(obs(0.0, 10, 0.5, Some(70.0))).to, 10);
-        let d = s.decide(obs(60.0, 10, 0.1, Some(7.0)));
+        let mut s = Scaler::new(Kind::Reactive, Limits::default()).unwrap();
+        assert_eq!(s.decide(obs(0.0, 10, 0.7, None)).to, 10);
+        let d = s.decide(obs(60.0, 10, 0.06, None));
         assert_eq!(d.to, 10, "{d:?}");
-        assert!(d.reason.contains("stabilisation"));
-        assert_eq!(s.decide(obs(400.0, 10, 0.1, Some(7.0))).to, 1);
+        assert!(d.reason.contains("300 s stabilisation"));
+        assert_eq!(s.decide(obs(400.0, 10, 0.06, None)).to, 1);
+        // The forecast covers its horizon, so predictive holds only that long.
+        let mut p = Scaler::new(Kind::Predictive, Limits::default()).unwrap();
+        assert_eq!(p.decide(obs(0.0, 10, 0.5, Some(70.0))).to, 10);
+        assert_eq!(p.decide(obs(60.0, 10, 0.1, Some(7.0))).to, 10);
+        assert_eq!(p.decide(obs(150.0, 10, 0.1, Some(7.0))).to, 1);
     }
 
     #[test]

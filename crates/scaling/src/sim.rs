@@ -278,7 +278,7 @@ pub fn run(
                 out.timeline.push(Sample {
                     t: t - step,
                     rate_rps: rate,
-                    forecast_rps: forecasts.map(|f| upper_at(f, i, 0.0, step, 0.0)),
+                    forecast_rps: forecasts.and_then(|f| upper_at(f, i, 0.0, step, 0.0)),
                     replicas: replicas_now,
                     p99_s: p99,
                 });
@@ -298,7 +298,7 @@ pub fn run(
                 };
                 busy = 0.0;
                 let forecast_rps =
-                    forecasts.map(|f| upper_at(f, i, t - i as f64 * step, step, horizon));
+                    forecasts.and_then(|f| upper_at(f, i, t - i as f64 * step, step, horizon));
                 let active = pool.active();
                 let decision = scaler.decide(Observation {
                     now: t,
@@ -350,13 +350,12 @@ pub fn run(
     out
 }
 
-/// The highest upper forecast over `(offset, offset + horizon]` seconds into step `i`.
-fn upper_at(f: &Forecasts, i: usize, offset: f64, step: f64, horizon: f64) -> f64 {
-    let Some(row) = f.upper.get(i) else {
-        return 0.0;
-    };
-    let last = (((offset + horizon) / step).floor() as usize).min(row.len().saturating_sub(1));
-    row[..=last].iter().copied().fold(0.0, f64::max)
+/// The highest upper forecast over `(offset, offset + horizon]` seconds into step `i`; none
+/// before the first forecast exists.
+fn upper_at(f: &Forecasts, i: usize, offset: f64, step: f64, horizon: f64) -> Option<f64> {
+    let row = f.upper.get(i).filter(|r| !r.is_empty())?;
+    let last = (((offset + horizon) / step).floor() as usize).min(row.len() - 1);
+    Some(row[..=last].iter().copied().fold(0.0, f64::max))
 }
 
 /// Runs one policy kind with the limits and platform given.
