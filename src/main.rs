@@ -71,6 +71,8 @@ enum Command {
     },
     /// Replay a load trace through the scaling simulator under each policy.
     Simulate(cli::simulate::SimulateArgs),
+    /// Find anomalies in a recorded series (and score them against labelled windows).
+    Detect(cli::detect::DetectArgs),
 }
 
 /// Options every command that reads configuration shares.
@@ -118,6 +120,7 @@ fn main() -> std::process::ExitCode {
             | Command::Ensemble { .. }
             | Command::Bench { .. }
             | Command::Simulate(_)
+            | Command::Detect(_)
     ) {
         exit_quietly_on_closed_pipe();
     }
@@ -143,6 +146,7 @@ fn main() -> std::process::ExitCode {
             Command::Ensemble { command, platform } => cli::ensemble::run(command, &platform).await,
             Command::Bench { args, platform } => cli::bench::run(args, &platform).await,
             Command::Simulate(args) => cli::simulate::run(args),
+            Command::Detect(args) => cli::detect::run(args),
         }
     });
     match result {

@@ -21,6 +21,8 @@ const WAIT: Duration = Duration::from_secs(30);
 mod gateway;
 #[path = "platform/models.rs"]
 mod models;
+#[path = "platform/simulate.rs"]
+mod simulate;
 
 // ---------------------------------------------------------------- compliance
 

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod detect;
 pub mod ensemble;
 pub mod model;
 pub mod simulate;

@@ -6,8 +6,11 @@
 //!   autoregression with exogenous inputs (linear ARX, and NARX with boosted trees).
 //! - [`select`]: online rolling-origin backtest: the forecaster with the least error at the
 //!   scaling horizon is used, re-chosen as data arrives; intervals from its recent errors.
+//! - [`anomaly`]: online anomaly events (seasonal median baseline, robust z-score) and
+//!   NAB-style scoring against labelled windows.
 //! - [`season`]: the seasonal period to model for a series' step and span.
 
+pub mod anomaly;
 pub mod model;
 pub mod season;
 pub mod select;

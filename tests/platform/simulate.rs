@@ -1,0 +1,215 @@
+//! `mlmesh simulate` through the real binary: the contract's JSON on the real ELB trace, the
+//! plot, and bad traces and settings refused with a clear message.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::mlmesh;
+
+async fn simulate(args: &[&str]) -> (bool, String, String) {
+    let out = mlmesh()
+        .arg("simulate")
+        .args(args)
+        .output()
+        .await
+        .expect("mlmesh runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn simulate_replays_the_elb_trace_under_every_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace =
+        mlmesh_testkit::shared_data("traces/nab/realAWSCloudwatch/elb_request_count_8c0756.csv");
+    let plot = dir.path().join("elb.svg");
+    let (ok, stdout, stderr) = simulate(&[
+        "--trace",
+        trace.to_str().unwrap(),
+        "--json",
+        "--plot",
+        plot.to_str().unwrap(),
+    ])
+    .await;
+    assert!(ok, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        report["trace"]
+            .as_str()
+            .unwrap()
+            .ends_with("elb_request_count_8c0756.csv")
+    );
+    let policies = report["policies"].as_object().unwrap();
+    assert_eq!(policies.len(), 3);
+    for (name, p) in policies {
+        assert!(p["slo_violation_s"].as_f64().unwrap() >= 0.0, "{name}");
+        assert!(p["replica_hours"].as_f64().unwrap() > 0.0, "{name}");
+        assert!(p["dropped"].as_u64().is_some(), "{name}");
+        if name == "reactive" {
+            assert!(p["forecaster"].is_null() && p["mase"].is_null());
+        } else {
+            assert!(p["forecaster"].is_string(), "{name}");
+            // The chosen forecasts beat seasonal naive on this trace (seeded, deterministic).
+            assert!(p["mase"].as_f64().unwrap() < 1.0, "{name}: {p}");
+        }
+    }
+    // Forecasting ahead of demand: hybrid violates the SLO for less time than reactive.
+    let violation = |n: &str| policies[n]["slo_violation_s"].as_f64().unwrap();
+    assert!(violation("hybrid") < violation("reactive"), "{report}");
+    // Every forecaster was scored on the same origins, seasonal naive being the yardstick.
+    let baseline = &report["forecasters"][0];
+    assert_eq!(baseline["forecaster"], "seasonal_naive");
+    assert_eq!(baseline["mase"], 1.0);
+    assert_eq!(report["ingest"]["rows"], 4032);
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("replicas by policy"));
+}
+
+#[tokio::test]
+async fn simulate_repairs_untidy_traces_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let run = |path: &Path, extra: &[&str]| {
+        let mut args = vec!["--trace".to_string(), path.display().to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    // Out of order, a duplicate instant and a gap: read, repaired and reported.
+    let mut rows = String::from("timestamp,value\n");
+    for i in (0..200).rev() {
+        if i != 50 {
+            rows.push_str(&format!("{},{}\n", 1_400_000_000 + i * 60, 10 + i % 7));
+        }
+    }
+    rows.push_str("1400000060,12\n");
+    let untidy = write("untidy.csv", &rows);
+    let args = run(&untidy, &["--json", "--policy", "hybrid"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, stdout, stderr) = simulate(&args).await;
+    assert!(ok, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["ingest"]["duplicates"], 1);
+    assert_eq!(report["ingest"]["filled"], 1);
+    assert!(report["ingest"]["out_of_order"].as_u64().unwrap() > 0);
+    assert_eq!(report["points"], 200);
+    assert_eq!(report["policies"].as_object().unwrap().len(), 1);
+
+    let cases: Vec<(std::path::PathBuf, Vec<&str>, &str)> = vec![
+        (write("empty.csv", ""), vec![], "empty"),
+        (write("header.csv", "timestamp,value\n"), vec![], "empty"),
+        (
+            write("text.csv", "timestamp,value\n0,1\n60,lots\n"),
+            vec![],
+            "line 3",
+        ),
+        (
+            write("stamp.csv", "timestamp,value\nnoon,1\n60,2\n"),
+            vec![],
+            "line 2",
+        ),
+        (
+            write("zero.csv", "timestamp,value\n0,0\n60,0\n"),
+            vec![],
+            "no load",
+        ),
+        (
+            untidy.clone(),
+            vec!["--min-replicas", "5", "--max-replicas", "2"],
+            "above max_replicas",
+        ),
+        (
+            untidy.clone(),
+            vec!["--target-utilisation", "1.5"],
+            "fraction",
+        ),
+        (untidy.clone(), vec!["--scale=-2"], "--scale"),
+        (untidy.clone(), vec!["--service-cv=-3"], "variation"),
+    ];
+    for (path, extra, want) in cases {
+        let args = run(&path, &extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, _, stderr) = simulate(&args).await;
+        assert!(!ok, "{path:?} {extra:?} should fail");
+        assert!(stderr.contains(want), "{path:?} {extra:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+async fn detect(args: &[&str]) -> (bool, String, String) {
+    let out = mlmesh()
+        .arg("detect")
+        .args(args)
+        .output()
+        .await
+        .expect("mlmesh runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn detect_finds_the_labelled_failures_of_a_nab_series() {
+    let trace = mlmesh_testkit::shared_data(
+        "traces/nab/realKnownCause/ec2_request_latency_system_failure.csv",
+    );
+    let labels = mlmesh_testkit::shared_data("traces/nab/combined_windows.json");
+    let (ok, stdout, stderr) = detect(&[
+        "--trace",
+        trace.to_str().unwrap(),
+        "--labels",
+        labels.to_str().unwrap(),
+        "--json",
+    ])
+    .await;
+    assert!(ok, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    // The file repeats an hour at the DST switch: merged, not fatal.
+    assert!(report["ingest"]["duplicates"].as_u64().unwrap() > 0);
+    let e = &report["evaluation"];
+    assert_eq!(e["windows"], 3);
+    assert!(e["windows_found"].as_u64().unwrap() >= 2, "{e}");
+    assert!(e["nab_score"].as_f64().unwrap() > 50.0, "{e}");
+    assert!(
+        report["events"][0]["at"]
+            .as_str()
+            .unwrap()
+            .starts_with("2014-03")
+    );
+
+    // Bad input: a threshold that is not positive, labels without this series, labels that
+    // are not NAB's shape.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.json");
+    std::fs::write(
+        &other,
+        r#"{"x/y.csv": [["2014-01-01 00:00:00", "2014-01-02 00:00:00"]]}"#,
+    )
+    .unwrap();
+    let shapeless = dir.path().join("shapeless.json");
+    std::fs::write(&shapeless, r#"{"x/y.csv": 3}"#).unwrap();
+    let t = trace.to_str().unwrap();
+    for (args, want) in [
+        (vec!["--trace", t, "--threshold=-1"], "--threshold"),
+        (
+            vec!["--trace", t, "--labels", other.to_str().unwrap()],
+            "no windows",
+        ),
+        (
+            vec!["--trace", t, "--labels", shapeless.to_str().unwrap()],
+            "is not a map",
+        ),
+    ] {
+        let (ok, _, stderr) = detect(&args).await;
+        assert!(!ok && stderr.contains(want), "{args:?}: {stderr}");
+    }
+}
