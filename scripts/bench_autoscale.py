@@ -58,7 +58,7 @@ def main():
         re, hy = r["policies"]["reactive"], r["policies"]["hybrid"]
         cut = 1 - hy["slo_violation_s"] / re["slo_violation_s"] if re["slo_violation_s"] else float("nan")
         extra = hy["replica_hours"] / re["replica_hours"] - 1
-        print(f"| {short} | | **hybrid vs reactive** | **{cut * 100:+.0f}% less** | **{extra * 100:+.1f}%** | | | | |")
+        print(f"| {short} | | **hybrid vs reactive** | **{-cut * 100:+.0f}%** | **{extra * 100:+.1f}%** | | | | |")
         forecasters.append((short, r["horizon_steps"], r["step_s"], r["forecasters"]))
 
     print()

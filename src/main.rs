@@ -124,10 +124,15 @@ fn main() -> std::process::ExitCode {
     ) {
         exit_quietly_on_closed_pipe();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One worker asked for: a current-thread runtime does the same work without the
+    // work-stealing scheduler's bookkeeping (the gateway under `up` on two cores).
+    let one_worker = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1");
+    let mut builder = if one_worker {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("mlmesh: cannot start the async runtime: {error}");

@@ -7,9 +7,10 @@ use serde_json::Value;
 
 use super::mlmesh;
 
-async fn simulate(args: &[&str]) -> (bool, String, String) {
+/// Runs `mlmesh COMMAND ARGS…`: (success, stdout, stderr).
+async fn command(name: &str, args: &[&str]) -> (bool, String, String) {
     let out = mlmesh()
-        .arg("simulate")
+        .arg(name)
         .args(args)
         .output()
         .await
@@ -143,18 +144,12 @@ async fn simulate_repairs_untidy_traces_and_refuses_bad_input() {
     }
 }
 
+async fn simulate(args: &[&str]) -> (bool, String, String) {
+    command("simulate", args).await
+}
+
 async fn detect(args: &[&str]) -> (bool, String, String) {
-    let out = mlmesh()
-        .arg("detect")
-        .args(args)
-        .output()
-        .await
-        .expect("mlmesh runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    command("detect", args).await
 }
 
 #[tokio::test]

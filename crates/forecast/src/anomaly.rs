@@ -25,6 +25,8 @@ pub struct Settings {
     pub threshold: f64,
     /// Points to see before judging any.
     pub warmup: usize,
+    /// Points after an event during which no new event starts (one alert per incident).
+    pub refractory: usize,
 }
 
 impl Settings {
@@ -35,6 +37,7 @@ impl Settings {
             window: if period > 1 { period } else { 288 },
             threshold: 5.0,
             warmup: if period > 1 { 3 * period } else { 288 },
+            refractory: if period > 1 { period / 4 } else { 72 },
         }
     }
 }
@@ -55,6 +58,7 @@ pub struct Detector {
     history: Vec<f64>,
     residuals: VecDeque<f64>,
     in_event: bool,
+    last_event: Option<usize>,
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -77,6 +81,7 @@ impl Detector {
             history: Vec::new(),
             residuals: VecDeque::new(),
             in_event: false,
+            last_event: None,
         }
     }
 
@@ -110,9 +115,14 @@ impl Detector {
             let scale = (1.4826 * median(&mut deviations)).max(1e-9 + 1e-2 * expected.abs());
             let score = (residual - centre) / scale;
             let anomalous = score.abs() > self.settings.threshold;
-            if anomalous && !self.in_event {
+            let index = self.history.len() - 1;
+            let resting = self
+                .last_event
+                .is_some_and(|e| index - e <= self.settings.refractory);
+            if anomalous && !self.in_event && !resting {
+                self.last_event = Some(index);
                 event = Some(Event {
-                    index: self.history.len() - 1,
+                    index,
                     value,
                     expected,
                     score,

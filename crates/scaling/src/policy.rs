@@ -163,6 +163,29 @@ pub struct Scaler {
     pub kind: Kind,
     pub limits: Limits,
     recent: VecDeque<(f64, u32)>,
+    recent_forecast: VecDeque<(f64, u32)>,
+}
+
+/// HPA's scale-down stabilisation: a recommendation below the current count gives way to the
+/// highest recommendation of the last `hold` seconds (never above the current count). Returns
+/// the count and whether the hold changed it.
+fn stabilise(
+    recent: &mut VecDeque<(f64, u32)>,
+    now: f64,
+    hold: f64,
+    wanted: u32,
+    current: u32,
+) -> (u32, bool) {
+    recent.push_back((now, wanted));
+    while recent.front().is_some_and(|(t, _)| now - t > hold) {
+        recent.pop_front();
+    }
+    if wanted >= current {
+        return (wanted, false);
+    }
+    let highest = recent.iter().map(|(_, r)| *r).max().unwrap_or(wanted);
+    let to = highest.min(current).max(wanted);
+    (to, to != wanted)
 }
 
 impl Scaler {
@@ -172,6 +195,7 @@ impl Scaler {
             kind,
             limits,
             recent: VecDeque::new(),
+            recent_forecast: VecDeque::new(),
         })
     }
 
@@ -195,57 +219,81 @@ impl Scaler {
         } else {
             None
         };
-        let (wanted, mut reason) = match (self.kind, reactive, predictive) {
-            (Kind::Reactive, Some(r), _) => (
+        // Each part keeps its own scale-down stabilisation: reactive the HPA window, predictive
+        // only the forecast horizon. Hybrid then never goes below what reactive would do.
+        let reactive_hold = l.scale_down_stabilisation_s;
+        let predictive_hold = l.scale_down_stabilisation_s.min(l.forecast_horizon_s);
+        let (min, max) = (l.min_replicas, l.max_replicas);
+        let r = reactive.map(|r| {
+            stabilise(
+                &mut self.recent,
+                o.now,
+                reactive_hold,
+                r.clamp(min, max),
+                current,
+            )
+        });
+        let p = predictive.map(|p| {
+            stabilise(
+                &mut self.recent_forecast,
+                o.now,
+                predictive_hold,
+                p.clamp(min, max),
+                current,
+            )
+        });
+        let note = |part: Option<(u32, bool)>, hold: f64| match part {
+            Some((to, true)) => {
+                format!(" (scale-down held at {to} by the {hold:.0} s stabilisation window)")
+            }
+            _ => String::new(),
+        };
+        let (mut to, mut reason) = match (self.kind, r, p) {
+            (Kind::Reactive, Some((r, _)), _) => (
                 r,
                 format!(
-                    "utilisation {:.2} against target {:.2} asks for {r}",
-                    o.utilisation, l.target_utilisation
+                    "utilisation {:.2} against target {:.2} asks for {}{}",
+                    o.utilisation,
+                    l.target_utilisation,
+                    reactive.unwrap_or(r),
+                    note(
+                        Some((r, r != reactive.unwrap_or(r).clamp(min, max))),
+                        reactive_hold
+                    )
                 ),
             ),
-            (Kind::Predictive, _, Some(p)) => (
+            (Kind::Predictive, _, Some((p, _))) => (
                 p,
                 format!(
-                    "forecast {:.1} req/s (upper) at the horizon needs {p}",
-                    o.forecast_rps.unwrap_or(0.0)
+                    "forecast {:.1} req/s (upper) at the horizon needs {}{}",
+                    o.forecast_rps.unwrap_or(0.0),
+                    predictive.unwrap_or(p),
+                    note(
+                        Some((p, p != predictive.unwrap_or(p).clamp(min, max))),
+                        predictive_hold
+                    )
                 ),
             ),
-            (Kind::Hybrid, Some(r), Some(p)) => (
+            (Kind::Hybrid, Some((r, _)), Some((p, _))) => (
                 r.max(p),
                 format!(
-                    "forecast {:.1} req/s (upper) needs {p}; utilisation {:.2} asks for {r}; the larger wins",
+                    "forecast {:.1} req/s (upper) needs {}, {p} after stabilisation; utilisation {:.2} asks for {}, {r} after stabilisation; the larger wins",
                     o.forecast_rps.unwrap_or(0.0),
-                    o.utilisation
+                    predictive.unwrap_or(p),
+                    o.utilisation,
+                    reactive.unwrap_or(r),
                 ),
             ),
-            (_, Some(r), None) => (r, format!("no forecast yet; utilisation asks for {r}")),
+            (_, Some((r, _)), None) => (r, format!("no forecast yet; utilisation asks for {r}")),
             _ => (current, "no forecast yet; holding".to_string()),
         };
-        let mut to = wanted.clamp(l.min_replicas, l.max_replicas);
-        if to != wanted {
-            reason.push_str(&format!(
-                "; bounded to [{}, {}]",
-                l.min_replicas, l.max_replicas
-            ));
-        }
-        // Stabilise scale-down: the highest recommendation within the window holds.
-        let hold = if self.kind.uses_forecast() {
-            l.scale_down_stabilisation_s.min(l.forecast_horizon_s)
-        } else {
-            l.scale_down_stabilisation_s
-        };
-        self.recent.push_back((o.now, to));
-        while self.recent.front().is_some_and(|(t, _)| o.now - t > hold) {
-            self.recent.pop_front();
-        }
-        if to < current {
-            let held = self.recent.iter().map(|(_, r)| *r).max().unwrap_or(to);
-            if held > to {
-                to = held.min(current);
-                reason.push_str(&format!(
-                    "; scale-down held at {to} by the {hold:.0} s stabilisation window"
-                ));
-            }
+        let wanted = reactive
+            .into_iter()
+            .chain(predictive)
+            .max()
+            .unwrap_or(current);
+        if wanted > max || (wanted < min && to == min) {
+            reason.push_str(&format!("; bounded to [{min}, {max}]"));
         }
         let most = current.saturating_add(l.max_scale_up.max(current));
         if to > most {
@@ -312,6 +360,20 @@ mod tests {
         assert_eq!(p.decide(obs(0.0, 10, 0.5, Some(70.0))).to, 10);
         assert_eq!(p.decide(obs(60.0, 10, 0.1, Some(7.0))).to, 10);
         assert_eq!(p.decide(obs(150.0, 10, 0.1, Some(7.0))).to, 1);
+    }
+
+    #[test]
+    fn hybrid_never_goes_below_what_reactive_would_hold() {
+        let mut h = Scaler::new(Kind::Hybrid, Limits::default()).unwrap();
+        assert_eq!(h.decide(obs(0.0, 10, 0.7, Some(70.0))).to, 10);
+        // The forecast drops at once; reactive's 300 s window still holds 10.
+        let d = h.decide(obs(150.0, 10, 0.06, Some(7.0)));
+        assert_eq!(
+            (d.to, d.reactive, d.predictive),
+            (10, Some(1), Some(1)),
+            "{d:?}"
+        );
+        assert_eq!(h.decide(obs(400.0, 10, 0.06, Some(7.0))).to, 1);
     }
 
     #[test]
