@@ -18,6 +18,7 @@ pub enum Service {
     Data,
     Dashboard,
     Gateway,
+    Autoscaler,
     /// A model service; the family comes from `--family`.
     Model,
     #[value(name = "model-trees")]
@@ -37,6 +38,7 @@ impl Service {
             Self::Data => mlmesh_data::SERVICE,
             Self::Dashboard => mlmesh_dashboard::SERVICE,
             Self::Gateway => mlmesh_gateway::SERVICE,
+            Self::Autoscaler => mlmesh_autoscaler::SERVICE,
             Self::Model => "model",
             Self::ModelTrees => "model-trees",
             Self::ModelLinear => "model-linear",
@@ -148,6 +150,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let config: mlmesh_gateway::Config = sources.load("gateway")?;
             config.validate()?;
             mlmesh_gateway::serve(config, server, listener, shutdown_signal()).await?;
+        }
+        Service::Autoscaler => {
+            let config: mlmesh_autoscaler::Config = sources.load("autoscaler")?;
+            config.validate()?;
+            mlmesh_autoscaler::serve(config, server, listener, shutdown_signal()).await?;
         }
         Service::Model
         | Service::ModelTrees

@@ -88,6 +88,27 @@ async fn start_data(registry: &str, dir: &Path) -> Running {
     .await
 }
 
+async fn start_autoscaler(registry: &str, dir: &Path) -> Running {
+    let server = ServerConfig {
+        registry_url: Some(registry.to_string()),
+        data_dir: Some(dir.to_path_buf()),
+        ..ServerConfig::default()
+    };
+    start(
+        mlmesh_autoscaler::SERVICE,
+        server,
+        |server, listener, shutdown| {
+            mlmesh_autoscaler::serve(
+                mlmesh_autoscaler::Config::default(),
+                server,
+                listener,
+                shutdown,
+            )
+        },
+    )
+    .await
+}
+
 async fn start_dashboard(registry: &str) -> Running {
     let server = ServerConfig {
         registry_url: Some(registry.to_string()),
@@ -349,7 +370,8 @@ async fn every_service_complies_with_the_service_spec() {
     let data_dir = tempfile::tempdir().unwrap();
     let data = start_data(&registry_url, data_dir.path()).await;
     let model = start_model(&registry_url, data_dir.path()).await;
-    for service in [&registry, &dashboard, &data, &model] {
+    let autoscaler = start_autoscaler(&registry_url, data_dir.path()).await;
+    for service in [&registry, &dashboard, &data, &model, &autoscaler] {
         check(service, &registry_url, None).await;
     }
     let key = "mlm_compliance_admin_key";
@@ -501,7 +523,7 @@ async fn up_runs_supervises_and_stops_the_platform() {
 
     // Every service in endpoints.json is registered and ready.
     let services = endpoints["services"].as_object().unwrap();
-    for expected in ["registry", "data", "dashboard", "gateway"] {
+    for expected in ["registry", "data", "dashboard", "gateway", "autoscaler"] {
         assert!(services.contains_key(expected), "{expected} in {endpoints}");
     }
     for (service, urls) in services {
@@ -526,6 +548,32 @@ async fn up_runs_supervises_and_stops_the_platform() {
         overview["services"]["registry"][0]["ready"], true,
         "{overview}"
     );
+
+    // The autoscaler scrapes every instance: each service gets a series, and the gateway's
+    // requests (these tests' own calls) show up as its load.
+    let autoscaler = services["autoscaler"][0].as_str().unwrap().to_string();
+    let series = eventually(WAIT, "every service scraped", || async {
+        let (status, body) = get_json(&format!("{autoscaler}/v1/series")).await;
+        (status == 200 && body["services"]["registry"]["instances"] == 1).then_some(body)
+    })
+    .await;
+    for service in ["data", "gateway", "model-trees", "dashboard", "autoscaler"] {
+        assert!(
+            series["services"].get(service).is_some(),
+            "{service}: {series}"
+        );
+    }
+    let (status, points) = get_json(&format!("{autoscaler}/v1/series/registry")).await;
+    assert_eq!(status, 200);
+    assert_eq!(points["resolution"], "raw");
+    assert!(!points["points"].as_array().unwrap().is_empty(), "{points}");
+    let (status, body) = get_json(&format!(
+        "{autoscaler}/v1/series/registry?resolution=hourly"
+    ))
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = get_json(&format!("{autoscaler}/v1/series/no-such-service")).await;
+    assert_eq!(status, 404);
 
     // A crashed child comes back on its address and registers again; the registry too, and
     // everyone re-registers with the restarted registry by themselves.
@@ -635,8 +683,8 @@ async fn up_runs_supervises_and_stops_the_platform() {
         .values()
         .filter_map(|r| r["pid"].as_i64())
         .collect();
-    // registry, data, dashboard, gateway and the four model services.
-    assert_eq!(pids.len(), 8);
+    // registry, data, dashboard, gateway, autoscaler and the four model services.
+    assert_eq!(pids.len(), 9);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(up.id().unwrap()).unwrap()),
         nix::sys::signal::Signal::SIGTERM,

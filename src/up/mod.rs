@@ -50,6 +50,7 @@ const PLATFORM: &[Service] = &[
     Service::ModelOnnx,
     Service::Gateway,
     Service::Dashboard,
+    Service::Autoscaler,
 ];
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
