@@ -17,12 +17,12 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+#[path = "platform/autoscale.rs"]
+mod autoscale;
 #[path = "platform/gateway.rs"]
 mod gateway;
 #[path = "platform/models.rs"]
 mod models;
-#[path = "platform/simulate.rs"]
-mod simulate;
 
 // ---------------------------------------------------------------- compliance
 

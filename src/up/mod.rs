@@ -71,14 +71,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         passthrough.push("--set".to_string());
         passthrough.push(format!("{key}={value}"));
     }
+    let control_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let control_url = format!("http://{}", control_listener.local_addr()?);
     let supervisor = Supervisor::new(Launch {
         exe: std::env::current_exe()?,
         data_dir: data_dir.clone(),
         passthrough,
+        control_url: Some(control_url.clone()),
     });
-
-    let control_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let control_url = format!("http://{}", control_listener.local_addr()?);
     let control_router = control::router(Arc::clone(&supervisor), Arc::from(admin_key.as_str()));
     let stop_control = tokio_util::sync::CancellationToken::new();
     let control_task = {

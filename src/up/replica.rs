@@ -59,6 +59,8 @@ pub struct Launch {
     pub data_dir: PathBuf,
     /// `--config FILE` / `--set K=V` passed through to every child.
     pub passthrough: Vec<String>,
+    /// The control API, which the autoscaler's local backend drives.
+    pub control_url: Option<String>,
 }
 
 #[derive(Debug)]
@@ -306,6 +308,18 @@ impl Supervisor {
                 let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
                 command.env("TOKIO_WORKER_THREADS", (cores / 2).max(1).to_string());
             }
+        }
+        if service == Service::Autoscaler
+            && let Some(control) = &self.launch.control_url
+        {
+            // The local backend: start and stop replicas through this supervisor.
+            command
+                .arg("--set")
+                .arg(format!("autoscaler.control_url={control}"));
+            command.arg("--set").arg(format!(
+                "autoscaler.control_key_file={}",
+                self.launch.data_dir.join("admin.key").display()
+            ));
         }
         command
             .args(&self.launch.passthrough)

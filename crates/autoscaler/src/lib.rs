@@ -1,12 +1,15 @@
-//! The autoscaler service. This part collects: it discovers every instance through the
-//! registry, scrapes its `/metrics` every `scrape_ms`, and keeps per-service series — request
-//! rate, error rate, p99 latency, requests in flight, instances — raw in memory and per minute
-//! in its own store, each with a retention. Forecasting, policies and the simulator live in
-//! `mlmesh-forecast` and `mlmesh-scaling`.
+//! The autoscaler service. It collects: it discovers every instance through the registry,
+//! scrapes its `/metrics` every `scrape_ms`, and keeps per-service series — request rate,
+//! error rate, p99 latency, requests in flight, instances — raw in memory and per minute in
+//! its own store, each with a retention. And it scales the services named in
+//! `autoscaler.scale`: forecasts (`mlmesh-forecast`), a policy (`mlmesh-scaling`), and the
+//! local backend, the `mlmesh up` supervisor's control API.
 //!
-//! Layout: [`Config`], [`router`] (`/v1/series`…), [`serve`]; [`scrape`] (Prometheus text →
-//! counters → rates and quantiles), [`series`] (in-memory points, minute roll-up, the store).
+//! Layout: [`Config`], [`router`] (`/v1/series`…, `/v1/scaling`), [`serve`]; [`scrape`]
+//! (Prometheus text → counters → rates and quantiles), [`series`] (in-memory points, minute
+//! roll-up, the store), [`scale`] (targets, decisions, the local backend).
 
+pub mod scale;
 pub mod scrape;
 pub mod series;
 
@@ -33,15 +36,41 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use mlmesh_scaling::{Kind, Limits};
+
+use crate::scale::{DecisionRecord, History, LocalBackend, Target, TargetState};
 use crate::scrape::{Reading, delta};
 use crate::series::{Observed, Point, Series};
 
 pub const SERVICE: &str = "autoscaler";
 
 /// Autoscaler settings, section `[autoscaler]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// Services to scale, comma-separated (e.g. `model-trees,model-linear`); empty: only
+    /// collect.
+    pub scale: String,
+    /// `reactive`, `predictive` or `hybrid` (default).
+    pub policy: String,
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    /// Requests per second one replica serves at full utilisation (measure it with
+    /// `mlmesh bench --direct`).
+    pub capacity_rps: f64,
+    pub target_utilisation: f64,
+    /// Seconds between decisions (default 15).
+    pub decide_s: u64,
+    /// Bin width of the series the forecasters see (default 10 s).
+    pub step_s: u64,
+    /// Seconds from starting a replica to its first answer (sets the forecast horizon).
+    pub startup_s: f64,
+    /// Scale-down uses the highest recommendation of this many seconds (default 300).
+    pub stabilisation_s: f64,
+    /// The `mlmesh up` control API (the local backend); `up` sets it.
+    pub control_url: Option<String>,
+    /// File holding the control API's key; `up` sets it.
+    pub control_key_file: Option<PathBuf>,
     /// How often every instance's `/metrics` is read (default 1000 ms).
     pub scrape_ms: u64,
     /// How long one scrape may take (default 800 ms).
@@ -59,6 +88,18 @@ impl Default for Config {
             scrape_timeout_ms: 800,
             raw_retention_s: 3600,
             retention_days: 7,
+            scale: String::new(),
+            policy: "hybrid".into(),
+            min_replicas: 1,
+            max_replicas: 4,
+            capacity_rps: 1000.0,
+            target_utilisation: 0.7,
+            decide_s: 15,
+            step_s: 10,
+            startup_s: 5.0,
+            stabilisation_s: 300.0,
+            control_url: None,
+            control_key_file: None,
         }
     }
 }
@@ -83,7 +124,51 @@ impl Config {
         )?;
         check("raw_retention_s", self.raw_retention_s, 10, 86_400)?;
         check("retention_days", self.retention_days, 1, 366)?;
-        Ok(())
+        check("decide_s", self.decide_s, 1, 3600)?;
+        check("step_s", self.step_s, 1, 3600)?;
+        self.plan().map(|_| ())
+    }
+
+    /// The scaling plan these settings describe.
+    pub fn plan(&self) -> Result<scale::Plan, ConfigError> {
+        let kind = Kind::parse(&self.policy).ok_or_else(|| {
+            ConfigError(format!(
+                "autoscaler.policy is {:?}; it must be reactive, predictive or hybrid",
+                self.policy
+            ))
+        })?;
+        let limits = Limits {
+            min_replicas: self.min_replicas,
+            max_replicas: self.max_replicas,
+            capacity_rps: self.capacity_rps,
+            target_utilisation: self.target_utilisation,
+            scale_down_stabilisation_s: self.stabilisation_s,
+            forecast_horizon_s: self.startup_s + self.decide_s as f64,
+            ..Limits::default()
+        };
+        limits
+            .check()
+            .map_err(|e| ConfigError(format!("autoscaler: {e}")))?;
+        if !(self.startup_s.is_finite() && self.startup_s >= 0.0) {
+            return Err(ConfigError(format!(
+                "autoscaler.startup_s is {}; it must be ≥ 0",
+                self.startup_s
+            )));
+        }
+        Ok(scale::Plan {
+            services: self
+                .scale
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            kind,
+            limits,
+            step_s: self.step_s,
+            startup_s: self.startup_s,
+            decide_s: self.decide_s as f64,
+        })
     }
 }
 
@@ -91,12 +176,26 @@ impl Config {
 pub struct AppState {
     series: Arc<Mutex<Series>>,
     store: Store,
+    history: Arc<Mutex<History>>,
+    targets: Arc<Mutex<Vec<TargetState>>>,
 }
 
 impl AppState {
     fn series(&self) -> std::sync::MutexGuard<'_, Series> {
         self.series.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The scaled services and the latest decisions.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Scaling {
+    pub targets: Vec<TargetState>,
+    /// Newest last; at most the last 100.
+    pub decisions: Vec<DecisionRecord>,
 }
 
 /// The newest point of every service.
@@ -133,6 +232,7 @@ pub fn router(state: AppState, server: &ServerConfig, readiness: Readiness) -> R
     let api = OpenApiRouter::with_openapi(AutoscalerApi::openapi())
         .routes(routes!(overview))
         .routes(routes!(service_series))
+        .routes(routes!(scaling))
         .with_state(state);
     App::new(SERVICE, env!("CARGO_PKG_VERSION"))
         .readiness(readiness)
@@ -149,6 +249,23 @@ async fn overview(State(state): State<AppState>) -> Json<Overview> {
         .map(|(name, p)| (name.clone(), p.cloned()))
         .collect();
     Json(Overview { services })
+}
+
+/// The services being scaled, their forecasts, and the latest decisions with their reasons.
+#[utoipa::path(get, path = "/v1/scaling", tag = "series",
+    responses((status = 200, body = Scaling)))]
+async fn scaling(State(state): State<AppState>) -> Json<Scaling> {
+    let targets = state
+        .targets
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let history = state.history();
+    let skip = history.decisions.len().saturating_sub(100);
+    Json(Scaling {
+        targets,
+        decisions: history.decisions.iter().skip(skip).cloned().collect(),
+    })
 }
 
 /// One service's points, raw (every scrape, recent) or per minute (stored).
@@ -271,6 +388,74 @@ async fn collect(
     }
 }
 
+/// Decides for every target every `decide_s` and acts through the backend.
+async fn scale_loop(
+    plan: scale::Plan,
+    backend: LocalBackend,
+    state: AppState,
+    cancel: CancellationToken,
+) {
+    let mut targets: Vec<Target> = plan
+        .services
+        .iter()
+        .filter_map(|s| Target::new(s, &plan).ok())
+        .collect();
+    let started = Instant::now();
+    let step_ms = i64::try_from(plan.step_s * 1000).unwrap_or(i64::MAX);
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(plan.decide_s));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = now_ms();
+        for target in &mut targets {
+            let Some(points) = state.series().raw(&target.service, 0) else {
+                continue;
+            };
+            let Some(newest) = points.last().cloned() else {
+                continue;
+            };
+            target.feed(&points, step_ms, now);
+            let (replicas, error) = match backend.replicas(&target.service).await {
+                Ok((n, _)) => (n, None),
+                Err(e) => (newest.instances, Some(e)),
+            };
+            let ready = newest.instances;
+            let starting = replicas.saturating_sub(ready);
+            let decision = target.decide(&newest, ready, starting, started.elapsed().as_secs_f64());
+            target.state.replicas = decision.to;
+            let mut record = DecisionRecord {
+                service: target.service.clone(),
+                at_ms: now,
+                from: decision.from,
+                to: decision.to,
+                reactive: decision.reactive,
+                predictive: decision.predictive,
+                forecast_rps: target.state.forecast_rps,
+                forecaster: target.state.forecaster.clone(),
+                reason: decision.reason,
+                applied: false,
+                error,
+            };
+            if record.error.is_none() && decision.to != decision.from {
+                match backend.scale(&target.service, decision.to).await {
+                    Ok(()) => record.applied = true,
+                    Err(e) => record.error = Some(e),
+                }
+            }
+            if decision.to != decision.from || record.error.is_some() {
+                tracing::info!(service = %record.service, from = record.from, to = record.to,
+                    reason = %record.reason, applied = record.applied, "scaling decision");
+                state.history().push(record);
+            }
+        }
+        *state.targets.lock().unwrap_or_else(|e| e.into_inner()) =
+            targets.iter().map(|t| t.state.clone()).collect();
+    }
+}
+
 /// Runs the autoscaler until `shutdown` resolves. Ready after its first scrape.
 pub async fn serve(
     config: Config,
@@ -287,13 +472,31 @@ pub async fn serve(
     let state = AppState {
         series: Arc::default(),
         store,
+        history: Arc::default(),
+        targets: Arc::default(),
     };
+    let plan = config
+        .plan()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let readiness = Readiness::default();
     readiness.set_not_ready("no scrape yet");
     let cancel = CancellationToken::new();
     match &server.registry_url {
         Some(url) => {
             let discovery = Discovery::spawn(RegistryClient::new(url), None, cancel.clone());
+            if !plan.services.is_empty() {
+                match (&config.control_url, &config.control_key_file) {
+                    (Some(url), Some(file)) => {
+                        let key = std::fs::read_to_string(file)?.trim().to_string();
+                        let backend = LocalBackend::new(url.clone(), key);
+                        tokio::spawn(scale_loop(plan, backend, state.clone(), cancel.clone()));
+                    }
+                    _ => tracing::warn!(
+                        "autoscaler.scale names services but no backend is configured \
+                         (autoscaler.control_url and control_key_file; `mlmesh up` sets them)"
+                    ),
+                }
+            }
             tokio::spawn(collect(
                 config,
                 discovery,

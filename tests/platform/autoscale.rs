@@ -1,11 +1,138 @@
-//! `mlmesh simulate` through the real binary: the contract's JSON on the real ELB trace, the
-//! plot, and bad traces and settings refused with a clear message.
+//! Scaling through the real binary: `mlmesh up` with the autoscaler scaling a model service
+//! out under load and back in after it; `mlmesh simulate` (the contract's JSON on the real ELB
+//! trace, the plot, bad traces and settings refused); `mlmesh detect` on a labelled NAB series.
 
 use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
 
+use mlmesh_testkit::{eventually, get_json, http};
 use serde_json::Value;
 
-use super::mlmesh;
+use super::{Control, mlmesh, read_json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autoscaler_adds_replicas_under_load_and_removes_them_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A replica "serves" 5 requests/s here, so a test's modest load needs more of them;
+    // decisions every second on 1 s bins, and a 3 s scale-down hold, keep the test short.
+    let mut up = mlmesh()
+        .args(["up", "--port", "0", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--set",
+            "autoscaler.scale=model-linear",
+            "--set",
+            "autoscaler.capacity_rps=5",
+            "--set",
+            "autoscaler.max_replicas=3",
+            "--set",
+            "autoscaler.decide_s=1",
+            "--set",
+            "autoscaler.step_s=1",
+            "--set",
+            "autoscaler.startup_s=1",
+            "--set",
+            "autoscaler.stabilisation_s=3",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let wait = Duration::from_secs(60);
+    let endpoints = eventually(wait, "endpoints.json", || async {
+        read_json(&data.join("endpoints.json"))
+    })
+    .await;
+    let control = Control {
+        url: endpoints["control"].as_str().unwrap().to_string(),
+        key: std::fs::read_to_string(data.join("admin.key"))
+            .unwrap()
+            .trim()
+            .to_string(),
+    };
+    let linear = endpoints["services"]["model-linear"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let autoscaler = endpoints["services"]["autoscaler"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let count = || async {
+        control
+            .replicas()
+            .await
+            .values()
+            .filter(|r| r["service"] == "model-linear")
+            .count()
+    };
+    assert_eq!(count().await, 1);
+
+    // Load: four callers listing algorithms (a cheap read the service counts as a request).
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            let url = format!("{linear}/v1/algorithms");
+            tokio::spawn(async move {
+                let client = http();
+                while !stop.is_cancelled() {
+                    let _ = client.get(&url).send().await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        })
+        .collect();
+    eventually(wait, "model-linear scaled out to 3", || async {
+        (count().await == 3).then_some(())
+    })
+    .await;
+    stop.cancel();
+    for task in load {
+        task.await.unwrap();
+    }
+    eventually(wait, "model-linear scaled back in to 1", || async {
+        (count().await == 1).then_some(())
+    })
+    .await;
+
+    let (status, scaling) = get_json(&format!("{autoscaler}/v1/scaling")).await;
+    assert_eq!(status, 200);
+    assert_eq!(scaling["targets"][0]["service"], "model-linear");
+    assert_eq!(scaling["targets"][0]["policy"], "hybrid");
+    let decisions = scaling["decisions"].as_array().unwrap();
+    let applied: Vec<_> = decisions.iter().filter(|d| d["applied"] == true).collect();
+    assert!(
+        applied
+            .iter()
+            .any(|d| d["to"].as_u64() > d["from"].as_u64()),
+        "{scaling}"
+    );
+    assert!(
+        applied
+            .iter()
+            .any(|d| d["to"].as_u64() < d["from"].as_u64()),
+        "{scaling}"
+    );
+    assert!(
+        applied
+            .iter()
+            .all(|d| !d["reason"].as_str().unwrap().is_empty())
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(up.id().unwrap()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(wait, up.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+}
 
 /// Runs `mlmesh COMMAND ARGS…`: (success, stdout, stderr).
 async fn command(name: &str, args: &[&str]) -> (bool, String, String) {
