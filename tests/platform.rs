@@ -574,6 +574,9 @@ async fn up_runs_supervises_and_stops_the_platform() {
     assert_eq!(status, 400, "{body}");
     let (status, _) = get_json(&format!("{autoscaler}/v1/series/no-such-service")).await;
     assert_eq!(status, 404);
+    let (status, anomalies) = get_json(&format!("{autoscaler}/v1/anomalies")).await;
+    assert_eq!(status, 200);
+    assert!(anomalies["events"].is_array(), "{anomalies}");
 
     // A crashed child comes back on its address and registers again; the registry too, and
     // everyone re-registers with the restarted registry by themselves.

@@ -9,6 +9,7 @@
 //! (Prometheus text → counters → rates and quantiles), [`series`] (in-memory points, minute
 //! roll-up, the store), [`scale`] (targets, decisions, the local backend).
 
+pub mod anomalies;
 pub mod scale;
 pub mod scrape;
 pub mod series;
@@ -178,6 +179,7 @@ pub struct AppState {
     store: Store,
     history: Arc<Mutex<History>>,
     targets: Arc<Mutex<Vec<TargetState>>>,
+    anomalies: Arc<Mutex<anomalies::Anomalies>>,
 }
 
 impl AppState {
@@ -233,6 +235,7 @@ pub fn router(state: AppState, server: &ServerConfig, readiness: Readiness) -> R
         .routes(routes!(overview))
         .routes(routes!(service_series))
         .routes(routes!(scaling))
+        .routes(routes!(anomaly_events))
         .with_state(state);
     App::new(SERVICE, env!("CARGO_PKG_VERSION"))
         .readiness(readiness)
@@ -266,6 +269,27 @@ async fn scaling(State(state): State<AppState>) -> Json<Scaling> {
         targets,
         decisions: history.decisions.iter().skip(skip).cloned().collect(),
     })
+}
+
+/// Anomaly events on services' latency and error series, newest last (at most the last 1000).
+#[utoipa::path(get, path = "/v1/anomalies", tag = "series",
+    responses((status = 200, body = AnomalyList)))]
+async fn anomaly_events(State(state): State<AppState>) -> Json<AnomalyList> {
+    let events = state
+        .anomalies
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .events
+        .iter()
+        .cloned()
+        .collect();
+    Json(AnomalyList { events })
+}
+
+/// Answer of `GET /v1/anomalies`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AnomalyList {
+    pub events: Vec<anomalies::AnomalyEvent>,
 }
 
 /// One service's points, raw (every scrape, recent) or per minute (stored).
@@ -372,9 +396,17 @@ async fn collect(
         let mut finished = Vec::new();
         {
             let mut series = state.series();
+            let mut anomalies = state.anomalies.lock().unwrap_or_else(|e| e.into_inner());
             for (service, observed) in seen {
+                // A service's first scrape has nothing to compare with: no rates yet.
+                let first = series.newest(service).is_none();
                 if let Some(minute) = series.add(service, observed, raw_retention_ms) {
                     finished.push((service.to_string(), minute));
+                }
+                if let Some(point) = series.newest(service)
+                    && !first
+                {
+                    anomalies.observe(service, point);
                 }
             }
         }
@@ -474,6 +506,7 @@ pub async fn serve(
         store,
         history: Arc::default(),
         targets: Arc::default(),
+        anomalies: Arc::default(),
     };
     let plan = config
         .plan()

@@ -135,6 +135,10 @@ impl Series {
         self.services.iter().map(|(name, s)| (name, s.raw.back()))
     }
 
+    pub fn newest(&self, service: &str) -> Option<&Point> {
+        self.services.get(service).and_then(|s| s.raw.back())
+    }
+
     pub fn raw(&self, service: &str, since_ms: i64) -> Option<Vec<Point>> {
         self.services.get(service).map(|s| {
             s.raw
