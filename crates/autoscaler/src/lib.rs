@@ -488,17 +488,15 @@ async fn scale_loop(
     }
 }
 
-/// Runs the autoscaler until `shutdown` resolves. Ready after its first scrape.
+/// Runs the autoscaler until `shutdown`; needs `server.data_dir` (its store) and
+/// `server.registry_url`. Ready after its first scrape.
 pub async fn serve(
     config: Config,
     server: ServerConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let dir = server
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("."));
+    let dir = server.require_data_dir(SERVICE)?;
     let store = Store::open(&dir.join("autoscaler.db"), series::MIGRATIONS)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let state = AppState {
