@@ -320,6 +320,11 @@ impl Supervisor {
                 "autoscaler.control_key_file={}",
                 self.launch.data_dir.join("admin.key").display()
             ));
+            // Abuse control reads the gateways' clients and sets throttles as admin.
+            command.arg("--set").arg(format!(
+                "autoscaler.admin_key_file={}",
+                self.launch.data_dir.join("admin.key").display()
+            ));
         }
         command
             .args(&self.launch.passthrough)

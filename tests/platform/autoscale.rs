@@ -271,6 +271,154 @@ async fn simulate_repairs_untidy_traces_and_refuses_bad_input() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abusive_client_is_throttled_and_its_peers_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut up = mlmesh()
+        .args(["up", "--port", "0", "--data-dir"])
+        .arg(&data)
+        .args(["--set", "autoscaler.abuse_throttle_s=30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let wait = Duration::from_secs(60);
+    let endpoints = eventually(wait, "endpoints.json", || async {
+        read_json(&data.join("endpoints.json"))
+    })
+    .await;
+    let gateway = endpoints["gateway"].as_str().unwrap().to_string();
+    let autoscaler = endpoints["services"]["autoscaler"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let admin = std::fs::read_to_string(data.join("admin.key"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let client = http();
+    let mut keys = Vec::new();
+    for _ in 0..3 {
+        let created: Value = client
+            .post(format!("{gateway}/v1/keys"))
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({"role": "predict"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        keys.push((
+            created["id"].as_str().unwrap().to_string(),
+            created["key"].as_str().unwrap().to_string(),
+        ));
+    }
+    // Two clients call ten times a second; the third as fast as four connections go.
+    let stop_all = tokio_util::sync::CancellationToken::new();
+    let stop_abuse = tokio_util::sync::CancellationToken::new();
+    let url = format!("{gateway}/v1/ensembles");
+    let mut normal = Vec::new();
+    for (_, key) in &keys[..2] {
+        let (stop, url, key) = (stop_all.clone(), url.clone(), key.clone());
+        normal.push(tokio::spawn(async move {
+            let client = http();
+            let mut statuses = Vec::new();
+            while !stop.is_cancelled() {
+                let r = client.get(&url).bearer_auth(&key).send().await.unwrap();
+                statuses.push(r.status().as_u16());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            statuses
+        }));
+    }
+    let refused = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::<String>::new()));
+    let abusers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, url, key) = (stop_abuse.clone(), url.clone(), keys[2].1.clone());
+            let refused = refused.clone();
+            tokio::spawn(async move {
+                let client = http();
+                while !stop.is_cancelled() {
+                    let r = client.get(&url).bearer_auth(&key).send().await.unwrap();
+                    if r.status() == 429 {
+                        refused
+                            .lock()
+                            .await
+                            .push(r.text().await.unwrap_or_default());
+                    }
+                }
+            })
+        })
+        .collect();
+    eventually(wait, "the abusive key throttled", || async {
+        let refused = refused.lock().await;
+        refused
+            .iter()
+            .any(|body| body.contains("throttled"))
+            .then_some(())
+    })
+    .await;
+    let abuser = keys[2].0.clone();
+    let (status, abuse) = get_json(&format!("{autoscaler}/v1/abuse")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        abuse["throttled"],
+        serde_json::json!([format!("key/{abuser}")]),
+        "{abuse}"
+    );
+    assert_eq!(abuse["events"][0]["action"], "throttled");
+    // The others keep being served while it is throttled.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_abuse.cancel();
+    for task in abusers {
+        task.await.unwrap();
+    }
+    // Calm again: the throttle is lifted well before it would expire.
+    eventually(wait, "the throttle lifted", || async {
+        let list: Value = http()
+            .get(format!("{gateway}/v1/throttles"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        list["throttles"].as_array()?.is_empty().then_some(())
+    })
+    .await;
+    stop_all.cancel();
+    for task in normal {
+        let statuses = task.await.unwrap();
+        assert!(statuses.len() > 20, "{statuses:?}");
+        assert!(
+            statuses.iter().all(|s| *s == 200),
+            "a normal client was refused: {statuses:?}"
+        );
+    }
+    let (_, abuse) = get_json(&format!("{autoscaler}/v1/abuse")).await;
+    let actions: Vec<_> = abuse["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(actions, ["throttled", "lifted"], "{abuse}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(up.id().unwrap()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(wait, up.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+}
+
 async fn simulate(args: &[&str]) -> (bool, String, String) {
     command("simulate", args).await
 }

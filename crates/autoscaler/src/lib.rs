@@ -9,6 +9,7 @@
 //! (Prometheus text → counters → rates and quantiles), [`series`] (in-memory points, minute
 //! roll-up, the store), [`scale`] (targets, decisions, the local backend).
 
+pub mod abuse;
 pub mod anomalies;
 pub mod scale;
 pub mod scrape;
@@ -72,6 +73,18 @@ pub struct Config {
     pub control_url: Option<String>,
     /// File holding the control API's key; `up` sets it.
     pub control_key_file: Option<PathBuf>,
+    /// Watch the gateways for abusive clients and throttle them (needs `admin_key_file`).
+    pub abuse: bool,
+    /// A client is abusive from this many calls per second…
+    pub abuse_min_rps: f64,
+    /// …and this many times its peers' median.
+    pub abuse_factor: f64,
+    /// How long a throttle lasts unless lifted earlier (seconds).
+    pub abuse_throttle_s: u64,
+    /// How often the gateways' client counts are read (ms).
+    pub abuse_check_ms: u64,
+    /// The gateway's admin key file (to read clients and set throttles); `up` sets it.
+    pub admin_key_file: Option<PathBuf>,
     /// How often every instance's `/metrics` is read (default 1000 ms).
     pub scrape_ms: u64,
     /// How long one scrape may take (default 800 ms).
@@ -101,6 +114,12 @@ impl Default for Config {
             stabilisation_s: 300.0,
             control_url: None,
             control_key_file: None,
+            abuse: true,
+            abuse_min_rps: 50.0,
+            abuse_factor: 10.0,
+            abuse_throttle_s: 60,
+            abuse_check_ms: 1000,
+            admin_key_file: None,
         }
     }
 }
@@ -127,6 +146,16 @@ impl Config {
         check("retention_days", self.retention_days, 1, 366)?;
         check("decide_s", self.decide_s, 1, 3600)?;
         check("step_s", self.step_s, 1, 3600)?;
+        check("abuse_throttle_s", self.abuse_throttle_s, 1, 86_400)?;
+        check("abuse_check_ms", self.abuse_check_ms, 100, 60_000)?;
+        let min_ok = self.abuse_min_rps.is_finite() && self.abuse_min_rps > 0.0;
+        let factor_ok = self.abuse_factor.is_finite() && self.abuse_factor > 1.0;
+        if !(min_ok && factor_ok) {
+            return Err(ConfigError(format!(
+                "autoscaler.abuse_min_rps ({}) must be positive and abuse_factor ({}) above 1",
+                self.abuse_min_rps, self.abuse_factor
+            )));
+        }
         self.plan().map(|_| ())
     }
 
@@ -180,6 +209,7 @@ pub struct AppState {
     history: Arc<Mutex<History>>,
     targets: Arc<Mutex<Vec<TargetState>>>,
     anomalies: Arc<Mutex<anomalies::Anomalies>>,
+    abuse: Arc<Mutex<abuse::Abuse>>,
 }
 
 impl AppState {
@@ -236,6 +266,7 @@ pub fn router(state: AppState, server: &ServerConfig, readiness: Readiness) -> R
         .routes(routes!(service_series))
         .routes(routes!(scaling))
         .routes(routes!(anomaly_events))
+        .routes(routes!(abuse_state))
         .with_state(state);
     App::new(SERVICE, env!("CARGO_PKG_VERSION"))
         .readiness(readiness)
@@ -284,6 +315,29 @@ async fn anomaly_events(State(state): State<AppState>) -> Json<AnomalyList> {
         .cloned()
         .collect();
     Json(AnomalyList { events })
+}
+
+/// Clients throttled now, and abuse decisions (newest last, at most the last 1000).
+#[utoipa::path(get, path = "/v1/abuse", tag = "series",
+    responses((status = 200, body = AbuseState)))]
+async fn abuse_state(State(state): State<AppState>) -> Json<AbuseState> {
+    let abuse = state.abuse.lock().unwrap_or_else(|e| e.into_inner());
+    Json(AbuseState {
+        throttled: abuse
+            .throttled
+            .keys()
+            .map(|(kind, id)| format!("{kind}/{id}"))
+            .collect(),
+        events: abuse.events.iter().cloned().collect(),
+    })
+}
+
+/// Answer of `GET /v1/abuse`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AbuseState {
+    /// `kind/id` of each throttled client.
+    pub throttled: Vec<String>,
+    pub events: Vec<abuse::AbuseEvent>,
 }
 
 /// Answer of `GET /v1/anomalies`.
@@ -505,6 +559,7 @@ pub async fn serve(
         history: Arc::default(),
         targets: Arc::default(),
         anomalies: Arc::default(),
+        abuse: Arc::default(),
     };
     let plan = config
         .plan()
@@ -525,6 +580,29 @@ pub async fn serve(
                     _ => tracing::warn!(
                         "autoscaler.scale names services but no backend is configured \
                          (autoscaler.control_url and control_key_file; `mlmesh up` sets them)"
+                    ),
+                }
+            }
+            if config.abuse {
+                match &config.admin_key_file {
+                    Some(file) => {
+                        let key = std::fs::read_to_string(file)?.trim().to_string();
+                        let settings = abuse::AbuseSettings {
+                            min_rps: config.abuse_min_rps,
+                            factor: config.abuse_factor,
+                            throttle_s: config.abuse_throttle_s,
+                            check_ms: config.abuse_check_ms,
+                        };
+                        tokio::spawn(abuse::watch(
+                            settings,
+                            key,
+                            discovery.clone(),
+                            state.abuse.clone(),
+                            cancel.clone(),
+                        ));
+                    }
+                    None => tracing::info!(
+                        "abuse control is off: no autoscaler.admin_key_file (`mlmesh up` sets it)"
                     ),
                 }
             }

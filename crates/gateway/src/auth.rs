@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use governor::clock::{Clock, DefaultClock};
@@ -54,6 +55,8 @@ pub struct Entry {
     pub info: KeyInfo,
     hash: Hash,
     limiter: Option<DefaultDirectRateLimiter>,
+    /// Calls made with this key, refused ones included (what abuse detection watches).
+    attempts: AtomicU64,
 }
 
 /// Every key, by hash.
@@ -95,6 +98,7 @@ impl Keys {
                     limiter: limiter(key.info.rate_per_s),
                     info: key.info,
                     hash,
+                    attempts: AtomicU64::new(0),
                 }),
             };
             next.insert(hash, entry);
@@ -110,6 +114,7 @@ impl Keys {
             limiter: limiter(stored.info.rate_per_s),
             info: stored.info.clone(),
             hash,
+            attempts: AtomicU64::new(0),
         });
         self.by_hash
             .write()
@@ -136,6 +141,16 @@ impl Keys {
         keys
     }
 
+    /// Every key's attempts so far (refused calls included).
+    pub fn attempts(&self) -> Vec<(String, u64)> {
+        self.by_hash
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|e| (e.info.id.clone(), e.attempts.load(Ordering::Relaxed)))
+            .collect()
+    }
+
     /// Checks the bearer token for a call needing `needed`, and takes one unit of its rate.
     pub fn admit(&self, token: Option<&str>, needed: Role) -> Result<Caller, Refusal> {
         let token = token.ok_or(Refusal::Missing)?;
@@ -150,6 +165,7 @@ impl Keys {
         if !bool::from(entry.hash.ct_eq(&digest)) {
             return Err(Refusal::Unknown);
         }
+        entry.attempts.fetch_add(1, Ordering::Relaxed);
         if !allows(entry.info.role, needed) {
             return Err(Refusal::Forbidden(entry.info.role, needed));
         }
@@ -187,7 +203,10 @@ pub fn needed(method: &Method, path: &str) -> Role {
         .strip_prefix("/mobile")
         .or_else(|| path.strip_prefix("/web"))
         .unwrap_or(path);
-    if path.starts_with("/v1/keys") {
+    if path.starts_with("/v1/keys")
+        || path.starts_with("/v1/clients")
+        || path.starts_with("/v1/throttles")
+    {
         return Role::Admin;
     }
     if path.starts_with("/v2") || path == "/v1/usage" || path == "/openapi.json" {

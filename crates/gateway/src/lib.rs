@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod routes;
 pub mod stacking;
 pub mod state;
+pub mod throttle;
 pub mod usage;
 
 use std::future::Future;

@@ -34,6 +34,7 @@ use crate::db::{self, StoredKey};
 use crate::profile::{self, Profile};
 use crate::proxy::{self, Counted, Forward, ROWS_HEADER};
 use crate::state::AppState;
+use crate::throttle::{ClientCount, ClientList, SetThrottle, Subject, ThrottleInfo, ThrottleList};
 use crate::usage::NO_MODEL;
 
 #[derive(OpenApi)]
@@ -51,6 +52,9 @@ pub fn router(state: AppState, server: &ServerConfig) -> Router {
         .routes(routes!(create_key, list_keys))
         .routes(routes!(delete_key))
         .routes(routes!(usage))
+        .routes(routes!(list_clients))
+        .routes(routes!(list_throttles))
+        .routes(routes!(set_throttle, delete_throttle))
         .routes(routes!(list_ensembles))
         .routes(routes!(put_ensemble, get_ensemble, delete_ensemble))
         .routes(routes!(server_metadata))
@@ -99,6 +103,13 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
+    let addr = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(addr) = addr {
+        state.0.throttles.count(addr);
+    }
     let caller = match state.0.keys.admit(token, needed) {
         Ok(caller) => caller,
         Err(refusal) => {
@@ -133,6 +144,19 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
             return error.into_response();
         }
     };
+    if let Err(t) = state.0.throttles.admit(Some(&caller.id), addr) {
+        state.0.usage.count(&caller.id, NO_MODEL, 0, true);
+        return ApiError::TooManyRequests {
+            message: format!(
+                "this client is throttled to {} requests per second{}; retry after {} s",
+                t.rate_per_s,
+                t.reason.map(|r| format!(" ({r})")).unwrap_or_default(),
+                t.retry_after_s
+            ),
+            retry_after_s: t.retry_after_s,
+        }
+        .into_response();
+    }
     request.extensions_mut().insert(caller.clone());
     let response = next.run(request).await;
     if response.extensions().get::<Counted>().is_none() {
@@ -239,6 +263,86 @@ async fn delete_key(
     }
     state.0.keys.remove(&id);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Calls so far per key and per client address, refused ones included (what abuse detection
+/// watches).
+#[utoipa::path(get, path = "/v1/clients", tag = "abuse",
+    responses((status = 200, body = ClientList)))]
+async fn list_clients(State(state): State<AppState>) -> Json<ClientList> {
+    let keys = state
+        .0
+        .keys
+        .attempts()
+        .into_iter()
+        .map(|(id, requests)| ClientCount {
+            kind: "key".into(),
+            id,
+            requests,
+        });
+    let addresses = state
+        .0
+        .throttles
+        .addresses()
+        .into_iter()
+        .map(|(id, requests)| ClientCount {
+            kind: "addr".into(),
+            id,
+            requests,
+        });
+    Json(ClientList {
+        clients: keys.chain(addresses).collect(),
+    })
+}
+
+/// Throttles in force on this gateway replica.
+#[utoipa::path(get, path = "/v1/throttles", tag = "abuse",
+    responses((status = 200, body = ThrottleList)))]
+async fn list_throttles(State(state): State<AppState>) -> Json<ThrottleList> {
+    Json(ThrottleList {
+        throttles: state.0.throttles.list(),
+    })
+}
+
+/// Throttles a key (`key`, by id) or a client address (`addr`) for a while. The autoscaler
+/// sets these on every gateway replica when it sees abuse.
+#[utoipa::path(put, path = "/v1/throttles/{kind}/{id}", tag = "abuse", request_body = SetThrottle,
+    params(("kind" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = ThrottleInfo), (status = 400, body = ErrorBody)))]
+async fn set_throttle(
+    State(state): State<AppState>,
+    Path((kind, id)): Path<(String, String)>,
+    Json(body): Json<SetThrottle>,
+) -> Result<Json<ThrottleInfo>, ApiError> {
+    let subject = Subject::parse(&kind, &id).map_err(ApiError::BadRequest)?;
+    if subject == Subject::Key(ADMIN_KEY_ID.to_string()) {
+        return Err(ApiError::bad_request(
+            "the admin key cannot be throttled: it is how throttles are lifted",
+        ));
+    }
+    let info = state
+        .0
+        .throttles
+        .set(subject, &body)
+        .map_err(ApiError::BadRequest)?;
+    tracing::warn!(kind = %info.kind, id = %info.id, rate = info.rate_per_s, reason = ?info.reason, "throttled");
+    Ok(Json(info))
+}
+
+/// Lifts a throttle.
+#[utoipa::path(delete, path = "/v1/throttles/{kind}/{id}", tag = "abuse",
+    params(("kind" = String, Path), ("id" = String, Path)),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn delete_throttle(
+    State(state): State<AppState>,
+    Path((kind, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let subject = Subject::parse(&kind, &id).map_err(ApiError::BadRequest)?;
+    if state.0.throttles.remove(&subject) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no throttle on {kind} {id}")))
+    }
 }
 
 /// Requests, rows and errors per key and model; admin keys see everyone's, others their own.

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, ADMIN_KEY_ID, Keys};
 use crate::db::{self, StoredKey};
+use crate::throttle::Throttles;
 use crate::usage::Counter;
 use crate::{Config, SERVICE};
 
@@ -26,6 +27,7 @@ pub struct Inner {
     pub keys: Keys,
     pub ensembles: RwLock<Arc<HashMap<String, Arc<Ensemble>>>>,
     pub usage: Counter,
+    pub throttles: Throttles,
     pub readiness: Readiness,
     stop: CancellationToken,
 }
@@ -101,6 +103,7 @@ impl AppState {
             keys: Keys::default(),
             ensembles: RwLock::new(Arc::new(HashMap::new())),
             usage: Counter::default(),
+            throttles: Throttles::default(),
             readiness,
             stop,
         }));
