@@ -11,56 +11,90 @@ use serde_json::Value;
 
 use super::{Control, mlmesh, read_json};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_autoscaler_adds_replicas_under_load_and_removes_them_after() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    // A replica "serves" 5 requests/s here, so a test's modest load needs more of them;
-    // decisions every second on 1 s bins, and a 3 s scale-down hold, keep the test short.
-    let mut up = mlmesh()
-        .args(["up", "--port", "0", "--data-dir"])
-        .arg(&data)
-        .args([
-            "--set",
-            "autoscaler.scale=model-linear",
-            "--set",
-            "autoscaler.capacity_rps=5",
-            "--set",
-            "autoscaler.max_replicas=3",
-            "--set",
-            "autoscaler.decide_s=1",
-            "--set",
-            "autoscaler.step_s=1",
-            "--set",
-            "autoscaler.startup_s=1",
-            "--set",
-            "autoscaler.stabilisation_s=3",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let wait = Duration::from_secs(60);
-    let endpoints = eventually(wait, "endpoints.json", || async {
-        read_json(&data.join("endpoints.json"))
-    })
-    .await;
-    let control = Control {
-        url: endpoints["control"].as_str().unwrap().to_string(),
-        key: std::fs::read_to_string(data.join("admin.key"))
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A running `mlmesh up` with its endpoints and admin key.
+struct Up {
+    child: tokio::process::Child,
+    endpoints: Value,
+    admin: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Up {
+    async fn start(settings: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut command = mlmesh();
+        command.args(["up", "--port", "0", "--data-dir"]).arg(&data);
+        for setting in settings {
+            command.args(["--set", setting]);
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let endpoints = eventually(WAIT, "endpoints.json", || async {
+            read_json(&data.join("endpoints.json"))
+        })
+        .await;
+        let admin = std::fs::read_to_string(data.join("admin.key"))
             .unwrap()
             .trim()
-            .to_string(),
+            .to_string();
+        Self {
+            child,
+            endpoints,
+            admin,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, service: &str) -> String {
+        self.endpoints["services"][service][0]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// SIGTERM, and a clean exit.
+    async fn stop(mut self) {
+        let pid = i32::try_from(self.child.id().unwrap()).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autoscaler_adds_replicas_under_load_and_removes_them_after() {
+    // A replica "serves" 5 requests/s here, so a test's modest load needs more of them;
+    // decisions every second on 1 s bins, and a 3 s scale-down hold, keep the test short.
+    let up = Up::start(&[
+        "autoscaler.scale=model-linear",
+        "autoscaler.capacity_rps=5",
+        "autoscaler.max_replicas=3",
+        "autoscaler.decide_s=1",
+        "autoscaler.step_s=1",
+        "autoscaler.startup_s=1",
+        "autoscaler.stabilisation_s=3",
+    ])
+    .await;
+    let control = Control {
+        url: up.endpoints["control"].as_str().unwrap().to_string(),
+        key: up.admin.clone(),
     };
-    let linear = endpoints["services"]["model-linear"][0]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let autoscaler = endpoints["services"]["autoscaler"][0]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let linear = up.url("model-linear");
+    let autoscaler = up.url("autoscaler");
     let count = || async {
         control
             .replicas()
@@ -86,7 +120,7 @@ async fn the_autoscaler_adds_replicas_under_load_and_removes_them_after() {
             })
         })
         .collect();
-    eventually(wait, "model-linear scaled out to 3", || async {
+    eventually(WAIT, "model-linear scaled out to 3", || async {
         (count().await == 3).then_some(())
     })
     .await;
@@ -94,7 +128,7 @@ async fn the_autoscaler_adds_replicas_under_load_and_removes_them_after() {
     for task in load {
         task.await.unwrap();
     }
-    eventually(wait, "model-linear scaled back in to 1", || async {
+    eventually(WAIT, "model-linear scaled back in to 1", || async {
         (count().await == 1).then_some(())
     })
     .await;
@@ -122,16 +156,7 @@ async fn the_autoscaler_adds_replicas_under_load_and_removes_them_after() {
             .iter()
             .all(|d| !d["reason"].as_str().unwrap().is_empty())
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(up.id().unwrap()).unwrap()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::time::timeout(wait, up.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success());
+    up.stop().await;
 }
 
 /// Runs `mlmesh COMMAND ARGS…`: (success, stdout, stderr).
@@ -273,31 +298,10 @@ async fn simulate_repairs_untidy_traces_and_refuses_bad_input() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abusive_client_is_throttled_and_its_peers_are_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut up = mlmesh()
-        .args(["up", "--port", "0", "--data-dir"])
-        .arg(&data)
-        .args(["--set", "autoscaler.abuse_throttle_s=30"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let wait = Duration::from_secs(60);
-    let endpoints = eventually(wait, "endpoints.json", || async {
-        read_json(&data.join("endpoints.json"))
-    })
-    .await;
-    let gateway = endpoints["gateway"].as_str().unwrap().to_string();
-    let autoscaler = endpoints["services"]["autoscaler"][0]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let admin = std::fs::read_to_string(data.join("admin.key"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let up = Up::start(&["autoscaler.abuse_throttle_s=30"]).await;
+    let gateway = up.endpoints["gateway"].as_str().unwrap().to_string();
+    let autoscaler = up.url("autoscaler");
+    let admin = up.admin.clone();
     let client = http();
     let mut keys = Vec::new();
     for _ in 0..3 {
@@ -353,7 +357,7 @@ async fn an_abusive_client_is_throttled_and_its_peers_are_not() {
             })
         })
         .collect();
-    eventually(wait, "the abusive key throttled", || async {
+    eventually(WAIT, "the abusive key throttled", || async {
         let refused = refused.lock().await;
         refused
             .iter()
@@ -377,7 +381,7 @@ async fn an_abusive_client_is_throttled_and_its_peers_are_not() {
         task.await.unwrap();
     }
     // Calm again: the throttle is lifted well before it would expire.
-    eventually(wait, "the throttle lifted", || async {
+    eventually(WAIT, "the throttle lifted", || async {
         let list: Value = http()
             .get(format!("{gateway}/v1/throttles"))
             .bearer_auth(&admin)
@@ -407,16 +411,7 @@ async fn an_abusive_client_is_throttled_and_its_peers_are_not() {
         .map(|e| e["action"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(actions, ["throttled", "lifted"], "{abuse}");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(up.id().unwrap()).unwrap()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::time::timeout(wait, up.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success());
+    up.stop().await;
 }
 
 async fn simulate(args: &[&str]) -> (bool, String, String) {
