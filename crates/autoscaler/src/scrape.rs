@@ -1,8 +1,8 @@
 //! Reading one instance's `/metrics` (Prometheus text format) into the counters the autoscaler
 //! follows, and turning two readings into rates.
 //!
-//! Requests to `/metrics` and the health probes are left out: they are the platform watching
-//! itself, not load.
+//! Requests to `/metrics`, the health probes and the gateway's `/v1/clients` are left out:
+//! they are the platform watching itself, not load.
 //!
 //! The line parser is ours: prometheus-parse (the maintained text parser) ends a label set at
 //! the first `}`, which breaks on the route templates in our labels (`/v2/models/{name}/infer`).
@@ -10,7 +10,13 @@
 
 use std::collections::BTreeMap;
 
-const NOT_LOAD: [&str; 3] = ["/metrics", "/v2/health/live", "/v2/health/ready"];
+/// The platform watching itself: scrapes, health probes, and abuse control's reads.
+const NOT_LOAD: [&str; 4] = [
+    "/metrics",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/v1/clients",
+];
 
 /// Cumulative counters of one instance at one moment.
 #[derive(Debug, Clone, Default, PartialEq)]
