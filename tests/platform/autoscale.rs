@@ -320,6 +320,56 @@ async fn an_abusive_client_is_throttled_and_its_peers_are_not() {
             created["key"].as_str().unwrap().to_string(),
         ));
     }
+    // Throttles by hand: bad input is refused and changes nothing; only admin may.
+    let throttles = |method: reqwest::Method, path: &str, key: &str, body: Option<Value>| {
+        let mut r = client
+            .request(method, format!("{gateway}/v1/throttles{path}"))
+            .bearer_auth(key);
+        if let Some(body) = body {
+            r = r.json(&body);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    let ok = serde_json::json!({"rate_per_s": 5, "seconds": 10});
+    for (path, body, want) in [
+        ("/user/x", ok.clone(), 400),
+        ("/addr/not-an-ip", ok.clone(), 400),
+        ("/key/admin", ok.clone(), 400),
+        (
+            "/key/k",
+            serde_json::json!({"rate_per_s": 0, "seconds": 10}),
+            400,
+        ),
+        (
+            "/key/k",
+            serde_json::json!({"rate_per_s": 5, "seconds": 0}),
+            400,
+        ),
+        (
+            "/key/k",
+            serde_json::json!({"rate_per_s": 5, "seconds": 10, "extra": 1}),
+            400,
+        ),
+    ] {
+        let (status, answer) = throttles(reqwest::Method::PUT, path, &admin, Some(body)).await;
+        assert_eq!(status, want, "{path}: {answer}");
+        assert!(answer["error"].is_string(), "{answer}");
+    }
+    let (status, _) = throttles(reqwest::Method::PUT, "/key/k", &keys[0].1, Some(ok.clone())).await;
+    assert_eq!(status, 403, "a predict key cannot throttle");
+    let (status, _) = throttles(reqwest::Method::DELETE, "/key/nobody", &admin, None).await;
+    assert_eq!(status, 404);
+    let (_, list) = throttles(reqwest::Method::GET, "", &admin, None).await;
+    assert_eq!(list["throttles"], serde_json::json!([]), "nothing was set");
+    let (status, set) = throttles(reqwest::Method::PUT, "/addr/10.9.8.7", &admin, Some(ok)).await;
+    assert_eq!((status, set["kind"].as_str()), (200, Some("addr")), "{set}");
+    let (status, _) = throttles(reqwest::Method::DELETE, "/addr/10.9.8.7", &admin, None).await;
+    assert_eq!(status, 204);
+
     // Two clients call ten times a second; the third as fast as four connections go.
     let stop_all = tokio_util::sync::CancellationToken::new();
     let stop_abuse = tokio_util::sync::CancellationToken::new();

@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use governor::clock::{Clock, DefaultClock};
@@ -122,7 +122,10 @@ pub struct Throttles {
     map: RwLock<HashMap<Subject, Throttle>>,
     /// Throttles in force: the request path skips the lock when there are none.
     active: AtomicUsize,
-    addresses: Mutex<HashMap<IpAddr, u64>>,
+    /// Calls per address. Read-locked with an atomic count per address on the request path
+    /// (a write lock only for an address seen the first time); a fast non-cryptographic hash,
+    /// as the table is bounded and only counts.
+    addresses: RwLock<HashMap<IpAddr, AtomicU64, foldhash::fast::RandomState>>,
 }
 
 impl std::fmt::Debug for Throttles {
@@ -142,20 +145,29 @@ fn epoch_ms(after: Duration) -> u64 {
 impl Throttles {
     /// Counts a call from `addr`.
     pub fn count(&self, addr: IpAddr) {
-        let mut map = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&addr) {
-            *n += 1;
-        } else if map.len() < MAX_ADDRESSES {
-            map.insert(addr, 1);
+        if let Some(n) = self
+            .addresses
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&addr)
+        {
+            n.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut map = self.addresses.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() < MAX_ADDRESSES || map.contains_key(&addr) {
+            map.entry(addr)
+                .or_insert_with(|| AtomicU64::new(0))
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
     pub fn addresses(&self) -> Vec<(String, u64)> {
         self.addresses
-            .lock()
+            .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(a, n)| (a.to_string(), *n))
+            .map(|(a, n)| (a.to_string(), n.load(Ordering::Relaxed)))
             .collect()
     }
 
