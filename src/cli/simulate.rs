@@ -185,13 +185,11 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     for (i, rate) in rates.iter().enumerate() {
         if i == 0 {
             forecasts.upper.push(Vec::new());
-            forecasts.point.push(Vec::new());
         }
         selector.observe(*rate);
         let f = selector.forecast();
         *chosen.entry(f.forecaster).or_default() += 1;
         forecasts.upper.push(f.upper);
-        forecasts.point.push(f.point);
     }
     let forecast_time = started.elapsed();
     let scores = selector.scores();

@@ -497,7 +497,7 @@ async fn scale_loop(
         }
         let now = now_ms();
         for target in &mut targets {
-            let Some(points) = state.series().raw(&target.service, 0) else {
+            let Some(points) = state.series().raw(&target.service, target.fed_until_ms) else {
                 continue;
             };
             let Some(newest) = points.last().cloned() else {

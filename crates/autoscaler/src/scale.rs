@@ -66,7 +66,7 @@ pub struct Target {
     scaler: Scaler,
     selector: Selector,
     /// End (ms) of the last bin fed to the selector.
-    fed_until_ms: i64,
+    pub fed_until_ms: i64,
     pub state: TargetState,
 }
 

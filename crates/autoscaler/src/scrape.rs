@@ -155,8 +155,6 @@ impl Reading {
 pub struct Delta {
     pub requests: f64,
     pub errors: f64,
-    /// In flight at the later reading (a gauge, not a difference).
-    pub in_flight: f64,
 }
 
 /// Requests and errors since `before`, and the latency buckets' increase. A counter that went
@@ -175,7 +173,6 @@ pub fn delta(before: &Reading, after: &Reading) -> (Delta, BTreeMap<u64, f64>) {
         Delta {
             requests: since(before.requests, after.requests),
             errors: since(before.errors, after.errors),
-            in_flight: after.in_flight,
         },
         buckets,
     )

@@ -162,6 +162,7 @@ impl AppState {
                 () = tokio::time::sleep(period) => {}
             }
             self.flush().await;
+            self.0.throttles.purge();
             if let Err(error) = self.reload().await {
                 tracing::warn!(%error, "cannot re-read keys and ensembles");
             }

@@ -207,12 +207,21 @@ impl Throttles {
         had
     }
 
-    /// Throttles in force (expired ones are dropped).
-    pub fn list(&self) -> Vec<ThrottleInfo> {
+    /// Drops expired throttles: once none is in force, calls skip the table's lock again.
+    pub fn purge(&self) {
+        if self.active.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         map.retain(|_, t| t.until > now);
         self.active.store(map.len(), Ordering::Relaxed);
+    }
+
+    /// Throttles in force.
+    pub fn list(&self) -> Vec<ThrottleInfo> {
+        self.purge();
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
         let mut list: Vec<_> = map.values().map(|t| t.info.clone()).collect();
         list.sort_by(|a, b| (&a.kind, &a.id).cmp(&(&b.kind, &b.id)));
         list

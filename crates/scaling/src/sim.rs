@@ -97,7 +97,6 @@ impl Platform {
 #[derive(Debug, Clone, Default)]
 pub struct Forecasts {
     pub upper: Vec<Vec<f64>>,
-    pub point: Vec<Vec<f64>>,
 }
 
 /// One row of the timeline, per trace step.
@@ -424,10 +423,7 @@ mod tests {
         let upper: Vec<Vec<f64>> = (0..rates.len())
             .map(|i| (i..(i + 3).min(rates.len())).map(|j| rates[j]).collect())
             .collect();
-        let f = Forecasts {
-            point: upper.clone(),
-            upper,
-        };
+        let f = Forecasts { upper };
         let reactive = run_policy(Kind::Reactive, limits(&p), &rates, 300.0, &p, None).unwrap();
         let hybrid = run_policy(Kind::Hybrid, limits(&p), &rates, 300.0, &p, Some(&f)).unwrap();
         assert!(reactive.slo_violation_s > 0.0, "{reactive:?}");
