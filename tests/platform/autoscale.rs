@@ -159,6 +159,118 @@ async fn the_autoscaler_adds_replicas_under_load_and_removes_them_after() {
     up.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_backend_scales_the_deployment_through_the_api() {
+    // No cluster runs here: a fake API server on 127.0.0.1 stands in and checks each request.
+    // The pods it "starts" never register, so the registry keeps seeing one replica: the
+    // autoscaler counts the others as starting and must not ask for them twice.
+    let fake = mlmesh_testkit::fake_kube::FakeKube::new("sa-token");
+    fake.add_deployment("ml", "mlmesh-model-linear", 1);
+    let api = mlmesh_testkit::TestServer::start(fake.router()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "sa-token\n").unwrap();
+    let up = Up::start(&[
+        "autoscaler.scale=model-linear",
+        "autoscaler.backend=kubernetes",
+        &format!("autoscaler.kubernetes_url={}", api.url),
+        "autoscaler.kubernetes_namespace=ml",
+        &format!("autoscaler.kubernetes_token_file={}", token.display()),
+        "autoscaler.capacity_rps=5",
+        "autoscaler.max_replicas=3",
+        "autoscaler.decide_s=1",
+        "autoscaler.step_s=1",
+        "autoscaler.startup_s=1",
+        "autoscaler.stabilisation_s=3",
+    ])
+    .await;
+    let linear = up.url("model-linear");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            let url = format!("{linear}/v1/algorithms");
+            tokio::spawn(async move {
+                let client = http();
+                while !stop.is_cancelled() {
+                    let _ = client.get(&url).send().await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        })
+        .collect();
+    eventually(WAIT, "the Deployment scaled to 3", || async {
+        (fake.replicas("ml", "mlmesh-model-linear") == Some(3)).then_some(())
+    })
+    .await;
+    stop.cancel();
+    for task in load {
+        task.await.unwrap();
+    }
+    eventually(WAIT, "the Deployment scaled back to 1", || async {
+        (fake.replicas("ml", "mlmesh-model-linear") == Some(1)).then_some(())
+    })
+    .await;
+
+    let log = fake.log();
+    let patches: Vec<_> = log.iter().filter(|s| s.method == "PATCH").collect();
+    assert!(patches.iter().all(|p| p.path
+        == "/apis/apps/v1/namespaces/ml/deployments/mlmesh-model-linear/scale"
+        && p.content_type.as_deref() == Some("application/merge-patch+json")));
+    let sizes: Vec<_> = patches
+        .iter()
+        .map(|p| {
+            p.body.as_ref().unwrap()["spec"]["replicas"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    // Out (at most the 3 allowed), then in; never a patch that repeats the current size.
+    assert_eq!(sizes.last(), Some(&1), "{sizes:?}");
+    assert!(sizes.windows(2).all(|w| w[0] != w[1]), "{sizes:?}");
+    assert!(sizes.iter().all(|n| (1..=3).contains(n)), "{sizes:?}");
+
+    let (_, scaling) = get_json(&format!("{}/v1/scaling", up.url("autoscaler"))).await;
+    let decisions = scaling["decisions"].as_array().unwrap();
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["applied"] == true && d["to"] == 3),
+        "{scaling}"
+    );
+    up.stop().await;
+}
+
+#[tokio::test]
+async fn a_kubernetes_backend_with_bad_settings_is_refused_at_start() {
+    for (setting, message) in [
+        ("autoscaler.backend=swarm", "local or kubernetes"),
+        (
+            "autoscaler.kubernetes_deployment=ML_{service}",
+            "cannot name a Deployment",
+        ),
+        (
+            "autoscaler.kubernetes_namespace=No Such",
+            "cannot name a namespace",
+        ),
+    ] {
+        let output = mlmesh()
+            .args([
+                "serve",
+                "autoscaler",
+                "--set",
+                "autoscaler.scale=model-trees",
+            ])
+            .args(["--set", "autoscaler.backend=kubernetes", "--set", setting])
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{setting}");
+        assert!(stderr.contains(message), "{setting}: {stderr}");
+    }
+}
+
 /// Runs `mlmesh COMMAND ARGS…`: (success, stdout, stderr).
 async fn command(name: &str, args: &[&str]) -> (bool, String, String) {
     let out = mlmesh()

@@ -2,15 +2,16 @@
 //! scrapes its `/metrics` every `scrape_ms`, and keeps per-service series — request rate,
 //! error rate, p99 latency, requests in flight, instances — raw in memory and per minute in
 //! its own store, each with a retention. And it scales the services named in
-//! `autoscaler.scale`: forecasts (`mlmesh-forecast`), a policy (`mlmesh-scaling`), and the
-//! local backend, the `mlmesh up` supervisor's control API.
+//! `autoscaler.scale`: forecasts (`mlmesh-forecast`), a policy (`mlmesh-scaling`), and a
+//! backend ([`backend`]: the `mlmesh up` supervisor's control API, or Kubernetes Deployments).
 //!
 //! Layout: [`Config`], [`router`] (`/v1/series`…, `/v1/scaling`), [`serve`]; [`scrape`]
 //! (Prometheus text → counters → rates and quantiles), [`series`] (in-memory points, minute
-//! roll-up, the store), [`scale`] (targets, decisions, the local backend).
+//! roll-up, the store), [`scale`] (targets, decisions), [`backend`] (local, kubernetes).
 
 pub mod abuse;
 pub mod anomalies;
+pub mod backend;
 pub mod scale;
 pub mod scrape;
 pub mod series;
@@ -40,7 +41,8 @@ use utoipa_axum::routes;
 
 use mlmesh_scaling::{Kind, Limits};
 
-use crate::scale::{DecisionRecord, History, LocalBackend, Target, TargetState};
+use crate::backend::{Backend, LocalBackend};
+use crate::scale::{DecisionRecord, History, Target, TargetState};
 use crate::scrape::{Reading, delta};
 use crate::series::{Observed, Point, Series};
 
@@ -69,6 +71,9 @@ pub struct Config {
     pub startup_s: f64,
     /// Scale-down uses the highest recommendation of this many seconds (default 300).
     pub stabilisation_s: f64,
+    /// Where decisions are carried out: `local` (default; `mlmesh up`'s control API) or
+    /// `kubernetes` (the scale of each service's Deployment).
+    pub backend: String,
     /// The `mlmesh up` control API (the local backend); `up` sets it.
     pub control_url: Option<String>,
     /// File holding the control API's key; `up` sets it.
@@ -83,6 +88,16 @@ pub struct Config {
     pub abuse_throttle_s: u64,
     /// How often the gateways' client counts are read (ms).
     pub abuse_check_ms: u64,
+    /// The Kubernetes API server (kubernetes backend); unset: the pod's service account, or
+    /// else the local kubeconfig.
+    pub kubernetes_url: Option<String>,
+    /// Namespace of the Deployments; unset: the pod's own (or the kubeconfig's).
+    pub kubernetes_namespace: Option<String>,
+    /// A bearer token file for `kubernetes_url`.
+    pub kubernetes_token_file: Option<PathBuf>,
+    /// The Deployment of a service; `{service}` is replaced (default `mlmesh-{service}`, as in
+    /// `deploy/kubernetes/`).
+    pub kubernetes_deployment: String,
     /// The gateway's admin key file (to read clients and set throttles); `up` sets it.
     pub admin_key_file: Option<PathBuf>,
     /// How often every instance's `/metrics` is read (default 1000 ms).
@@ -112,8 +127,13 @@ impl Default for Config {
             step_s: 10,
             startup_s: 5.0,
             stabilisation_s: 300.0,
+            backend: "local".into(),
             control_url: None,
             control_key_file: None,
+            kubernetes_url: None,
+            kubernetes_namespace: None,
+            kubernetes_token_file: None,
+            kubernetes_deployment: "mlmesh-{service}".into(),
             abuse: true,
             abuse_min_rps: 50.0,
             abuse_factor: 10.0,
@@ -156,7 +176,70 @@ impl Config {
                 self.abuse_min_rps, self.abuse_factor
             )));
         }
-        self.plan().map(|_| ())
+        let plan = self.plan()?;
+        match self.backend.as_str() {
+            "local" => {}
+            "kubernetes" => {
+                for service in &plan.services {
+                    let name = self.kube_settings().deployment_for(service);
+                    if !backend::valid_object_name(&name) {
+                        return Err(ConfigError(format!(
+                            "autoscaler.kubernetes_deployment gives {name:?} for {service}, \
+                             which cannot name a Deployment (lower-case letters, digits, '-', '.')"
+                        )));
+                    }
+                }
+                if let Some(ns) = &self.kubernetes_namespace
+                    && (!backend::valid_object_name(ns) || ns.contains('.') || ns.len() > 63)
+                {
+                    return Err(ConfigError(format!(
+                        "autoscaler.kubernetes_namespace {ns:?} cannot name a namespace"
+                    )));
+                }
+            }
+            other => {
+                return Err(ConfigError(format!(
+                    "autoscaler.backend is {other:?}; it must be local or kubernetes"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The Kubernetes backend's settings.
+    pub fn kube_settings(&self) -> backend::KubeSettings {
+        backend::KubeSettings {
+            url: self.kubernetes_url.clone(),
+            namespace: self.kubernetes_namespace.clone(),
+            token_file: self
+                .kubernetes_token_file
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            deployment: self.kubernetes_deployment.clone(),
+        }
+    }
+
+    /// The backend these settings name; `None` when it cannot be had (the reason is logged).
+    async fn backend(&self) -> std::io::Result<Option<Backend>> {
+        if self.backend == "kubernetes" {
+            let backend = backend::KubeBackend::connect(self.kube_settings())
+                .await
+                .map_err(std::io::Error::other)?;
+            return Ok(Some(Backend::Kubernetes(Box::new(backend))));
+        }
+        match (&self.control_url, &self.control_key_file) {
+            (Some(url), Some(file)) => {
+                let key = std::fs::read_to_string(file)?.trim().to_string();
+                Ok(Some(Backend::Local(LocalBackend::new(url.clone(), key))))
+            }
+            _ => {
+                tracing::warn!(
+                    "autoscaler.scale names services but the local backend has no control API \
+                     (autoscaler.control_url and control_key_file; `mlmesh up` sets them)"
+                );
+                Ok(None)
+            }
+        }
     }
 
     /// The scaling plan these settings describe.
@@ -477,7 +560,7 @@ async fn collect(
 /// Decides for every target every `decide_s` and acts through the backend.
 async fn scale_loop(
     plan: scale::Plan,
-    backend: LocalBackend,
+    backend: Backend,
     state: AppState,
     cancel: CancellationToken,
 ) {
@@ -505,7 +588,7 @@ async fn scale_loop(
             };
             target.feed(&points, step_ms, now);
             let (replicas, error) = match backend.replicas(&target.service).await {
-                Ok((n, _)) => (n, None),
+                Ok(n) => (n, None),
                 Err(e) => (newest.instances, Some(e)),
             };
             let ready = newest.instances;
@@ -570,18 +653,10 @@ pub async fn serve(
     match &server.registry_url {
         Some(url) => {
             let discovery = Discovery::spawn(RegistryClient::new(url), None, cancel.clone());
-            if !plan.services.is_empty() {
-                match (&config.control_url, &config.control_key_file) {
-                    (Some(url), Some(file)) => {
-                        let key = std::fs::read_to_string(file)?.trim().to_string();
-                        let backend = LocalBackend::new(url.clone(), key);
-                        tokio::spawn(scale_loop(plan, backend, state.clone(), cancel.clone()));
-                    }
-                    _ => tracing::warn!(
-                        "autoscaler.scale names services but no backend is configured \
-                         (autoscaler.control_url and control_key_file; `mlmesh up` sets them)"
-                    ),
-                }
+            if !plan.services.is_empty()
+                && let Some(backend) = config.backend().await?
+            {
+                tokio::spawn(scale_loop(plan, backend, state.clone(), cancel.clone()));
             }
             if config.abuse {
                 match &config.admin_key_file {

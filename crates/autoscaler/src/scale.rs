@@ -2,15 +2,10 @@
 //! (from the collected series, in `step_s` bins) feeds the forecasters of `mlmesh-forecast`;
 //! the policy of `mlmesh-scaling` decides; the backend acts. Every decision is kept with its
 //! reason.
-//!
-//! The local backend drives the `mlmesh up` supervisor's control API: it starts replicas of
-//! the service and stops the extra ones it started (the base replica stays).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Duration;
 
 use mlmesh_forecast::{Selector, Settings};
-use mlmesh_protocol::control::{ReplicaList, StartReplica};
 use mlmesh_scaling::{Decision, Kind, Limits, Observation, Scaler};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -132,98 +127,6 @@ impl Target {
             utilisation: (newest.rps / capacity).min(1.0),
             forecast_rps,
         })
-    }
-}
-
-/// Starts and stops replicas through the supervisor's control API.
-#[derive(Debug, Clone)]
-pub struct LocalBackend {
-    pub url: String,
-    pub key: String,
-    pub http: reqwest::Client,
-}
-
-impl LocalBackend {
-    pub fn new(url: String, key: String) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_default();
-        Self { url, key, http }
-    }
-
-    async fn list(&self) -> Result<ReplicaList, String> {
-        let answer = self
-            .http
-            .get(format!("{}/v1/replicas", self.url))
-            .bearer_auth(&self.key)
-            .send()
-            .await
-            .map_err(|e| format!("control API unreachable: {e}"))?;
-        if !answer.status().is_success() {
-            return Err(format!("control API answered {}", answer.status()));
-        }
-        answer
-            .json()
-            .await
-            .map_err(|e| format!("control API answer: {e}"))
-    }
-
-    /// Replicas of `service`: (all, extra ones this backend may stop).
-    pub async fn replicas(&self, service: &str) -> Result<(u32, Vec<String>), String> {
-        let list = self.list().await?;
-        let mine: Vec<_> = list
-            .replicas
-            .iter()
-            .filter(|r| r.service == service)
-            .collect();
-        let extra = mine
-            .iter()
-            .filter(|r| !r.base)
-            .map(|r| r.id.clone())
-            .collect();
-        Ok((mine.len() as u32, extra))
-    }
-
-    /// Brings `service` to `to` replicas.
-    pub async fn scale(&self, service: &str, to: u32) -> Result<(), String> {
-        let (now, mut extra) = self.replicas(service).await?;
-        for _ in now..to {
-            let answer = self
-                .http
-                .post(format!("{}/v1/replicas", self.url))
-                .bearer_auth(&self.key)
-                .json(&StartReplica {
-                    service: service.to_string(),
-                })
-                .send()
-                .await
-                .map_err(|e| format!("cannot start a replica: {e}"))?;
-            if !answer.status().is_success() {
-                return Err(format!(
-                    "starting a replica of {service}: {} {}",
-                    answer.status(),
-                    answer.text().await.unwrap_or_default()
-                ));
-            }
-        }
-        for _ in to..now {
-            // Newest first: the longest-lived replicas keep their warm caches.
-            let Some(id) = extra.pop() else {
-                return Err(format!("{service} has no extra replica left to stop"));
-            };
-            let answer = self
-                .http
-                .delete(format!("{}/v1/replicas/{id}", self.url))
-                .bearer_auth(&self.key)
-                .send()
-                .await
-                .map_err(|e| format!("cannot stop {id}: {e}"))?;
-            if !answer.status().is_success() {
-                return Err(format!("stopping {id}: {}", answer.status()));
-            }
-        }
-        Ok(())
     }
 }
 

@@ -1,6 +1,8 @@
 //! Test helpers (dev-only): start a router on `127.0.0.1:0` as a real HTTP server, and wait for
 //! a condition without fixed sleeps.
 
+pub mod fake_kube;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
