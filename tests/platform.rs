@@ -19,6 +19,8 @@ const WAIT: Duration = Duration::from_secs(30);
 
 #[path = "platform/autoscale.rs"]
 mod autoscale;
+#[path = "platform/deploy.rs"]
+mod deploy;
 #[path = "platform/gateway.rs"]
 mod gateway;
 #[path = "platform/models.rs"]
