@@ -230,14 +230,31 @@ async fn the_kubernetes_backend_scales_the_deployment_through_the_api() {
     assert!(sizes.windows(2).all(|w| w[0] != w[1]), "{sizes:?}");
     assert!(sizes.iter().all(|n| (1..=3).contains(n)), "{sizes:?}");
 
-    let (_, scaling) = get_json(&format!("{}/v1/scaling", up.url("autoscaler"))).await;
-    let decisions = scaling["decisions"].as_array().unwrap();
-    assert!(
-        decisions
+    let scaled_out = |scaling: &Value| {
+        scaling["decisions"]
+            .as_array()
+            .unwrap()
             .iter()
-            .any(|d| d["applied"] == true && d["to"] == 3),
-        "{scaling}"
-    );
+            .any(|d| d["applied"] == true && d["to"] == 3 && d["error"].is_null())
+    };
+    let (_, scaling) = get_json(&format!("{}/v1/scaling", up.url("autoscaler"))).await;
+    assert!(scaled_out(&scaling), "{scaling}");
+
+    // Decisions are journalled: the autoscaler killed with SIGKILL comes back with them.
+    let control = Control {
+        url: up.endpoints["control"].as_str().unwrap().to_string(),
+        key: up.admin.clone(),
+    };
+    let id = control
+        .replicas()
+        .await
+        .into_iter()
+        .find(|(_, r)| r["service"] == "autoscaler")
+        .map(|(id, _)| id)
+        .unwrap();
+    super::kill_and_see_back(&control, &up.url("registry"), &id).await;
+    let (_, scaling) = get_json(&format!("{}/v1/scaling", up.url("autoscaler"))).await;
+    assert!(scaled_out(&scaling), "after a restart: {scaling}");
     up.stop().await;
 }
 

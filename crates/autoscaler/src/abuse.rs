@@ -98,7 +98,7 @@ impl Abuse {
         tracing::warn!(kind = %event.kind, id = %event.id, action = %event.action,
             rate = event.rate_rps, peers = event.peers_rps, "abuse control");
         self.events.push_back(event);
-        while self.events.len() > 1000 {
+        while self.events.len() > crate::HISTORY {
             self.events.pop_front();
         }
     }
@@ -110,6 +110,7 @@ pub async fn watch(
     key: String,
     discovery: Discovery,
     state: std::sync::Arc<std::sync::Mutex<Abuse>>,
+    journal: crate::journal::Journal,
     cancel: tokio_util::sync::CancellationToken,
 ) {
     let http = reqwest::Client::builder()
@@ -233,6 +234,8 @@ pub async fn watch(
                 throttle_rps: throttle,
                 failures,
             };
+            let subject = format!("{}:{}", event.kind, event.id);
+            journal.record(crate::journal::Kind::Abuse, &subject, &event);
             state.lock().unwrap_or_else(|e| e.into_inner()).push(event);
         }
     }

@@ -45,6 +45,14 @@ fn settings() -> Settings {
 }
 
 impl Anomalies {
+    /// Detectors yet to learn, and the events raised before (oldest first).
+    pub fn with_events(events: Vec<AnomalyEvent>) -> Self {
+        Self {
+            detectors: BTreeMap::new(),
+            events: events.into(),
+        }
+    }
+
     /// Feeds a service's newest point; returns the events it raised.
     pub fn observe(&mut self, service: &str, point: &Point) -> Vec<AnomalyEvent> {
         let mut raised = Vec::new();
@@ -76,7 +84,7 @@ impl Anomalies {
                 expected = event.expected, score = event.score, "anomaly");
             self.events.push_back(event.clone());
         }
-        while self.events.len() > 1000 {
+        while self.events.len() > crate::HISTORY {
             self.events.pop_front();
         }
         raised

@@ -12,6 +12,7 @@
 pub mod abuse;
 pub mod anomalies;
 pub mod backend;
+pub mod journal;
 pub mod scale;
 pub mod scrape;
 pub mod series;
@@ -47,6 +48,10 @@ use crate::scrape::{Reading, delta};
 use crate::series::{Observed, Point, Series};
 
 pub const SERVICE: &str = "autoscaler";
+
+/// How many decisions, anomaly events and abuse actions are kept in memory (and read back from
+/// the journal at start).
+pub const HISTORY: usize = 1000;
 
 /// Autoscaler settings, section `[autoscaler]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -293,6 +298,7 @@ pub struct AppState {
     targets: Arc<Mutex<Vec<TargetState>>>,
     anomalies: Arc<Mutex<anomalies::Anomalies>>,
     abuse: Arc<Mutex<abuse::Abuse>>,
+    journal: journal::Journal,
 }
 
 impl AppState {
@@ -543,7 +549,11 @@ async fn collect(
                 if let Some(point) = series.newest(service)
                     && !first
                 {
-                    anomalies.observe(service, point);
+                    for event in anomalies.observe(service, point) {
+                        state
+                            .journal
+                            .record(journal::Kind::Anomaly, &event.service, &event);
+                    }
                 }
             }
         }
@@ -617,6 +627,9 @@ async fn scale_loop(
             if decision.to != decision.from || record.error.is_some() {
                 tracing::info!(service = %record.service, from = record.from, to = record.to,
                     reason = %record.reason, applied = record.applied, "scaling decision");
+                state
+                    .journal
+                    .record(journal::Kind::Decision, &record.service, &record);
                 state.history().push(record);
             }
         }
@@ -636,20 +649,40 @@ pub async fn serve(
     let dir = server.require_data_dir(SERVICE)?;
     let store = Store::open(&dir.join("autoscaler.db"), series::MIGRATIONS)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let state = AppState {
-        series: Arc::default(),
-        store,
-        history: Arc::default(),
-        targets: Arc::default(),
-        anomalies: Arc::default(),
-        abuse: Arc::default(),
-    };
     let plan = config
         .plan()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let cancel = CancellationToken::new();
+    let retention_ms = i64::try_from(config.retention_days * 86_400_000).unwrap_or(i64::MAX);
+    // What was journalled before a restart is shown again.
+    let restore = |e: mlmesh_store::StoreError| std::io::Error::other(e.to_string());
+    let decisions = journal::newest(&store, journal::Kind::Decision, HISTORY)
+        .await
+        .map_err(restore)?;
+    let anomaly_events = journal::newest(&store, journal::Kind::Anomaly, HISTORY)
+        .await
+        .map_err(restore)?;
+    let abuse_events = journal::newest(&store, journal::Kind::Abuse, HISTORY)
+        .await
+        .map_err(restore)?;
+    let state = AppState {
+        series: Arc::default(),
+        history: Arc::new(Mutex::new(History {
+            decisions: decisions.into(),
+        })),
+        targets: Arc::default(),
+        anomalies: Arc::new(Mutex::new(anomalies::Anomalies::with_events(
+            anomaly_events,
+        ))),
+        abuse: Arc::new(Mutex::new(abuse::Abuse {
+            events: abuse_events.into(),
+            ..abuse::Abuse::default()
+        })),
+        journal: journal::Journal::spawn(store.clone(), retention_ms, cancel.clone()),
+        store,
+    };
     let readiness = Readiness::default();
     readiness.set_not_ready("no scrape yet");
-    let cancel = CancellationToken::new();
     match &server.registry_url {
         Some(url) => {
             let discovery = Discovery::spawn(RegistryClient::new(url), None, cancel.clone());
@@ -673,6 +706,7 @@ pub async fn serve(
                             key,
                             discovery.clone(),
                             state.abuse.clone(),
+                            state.journal.clone(),
                             cancel.clone(),
                         ));
                     }

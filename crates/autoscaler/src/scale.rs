@@ -139,7 +139,7 @@ pub struct History {
 impl History {
     pub fn push(&mut self, record: DecisionRecord) {
         self.decisions.push_back(record);
-        while self.decisions.len() > 1000 {
+        while self.decisions.len() > crate::HISTORY {
             self.decisions.pop_front();
         }
     }
