@@ -7,7 +7,8 @@ Runs `target/release/mlmesh simulate --json` on the request-rate traces (NAB's A
 count and EC2 network-in, the two Azure LLM arrival logs) with the default platform (100 ms
 service time, 60 s replica start-up, p99 target 500 ms, 15 s decisions), and `mlmesh detect
 --json` on every labelled NAB series. Prints Markdown tables; with --plot, writes each
-simulation's SVG there. Standard library only.
+simulation's SVG there; then hybrid's trade-off under other settings (SLO-violation time and
+replica-hours against reactive). Standard library only.
 """
 
 import json
@@ -60,6 +61,23 @@ def main():
         extra = hy["replica_hours"] / re["replica_hours"] - 1
         print(f"| {short} | | **hybrid vs reactive** | **{-cut * 100:+.0f}%** | **{extra * 100:+.1f}%** | | | | |")
         forecasters.append((short, r["horizon_steps"], r["step_s"], r["forecasters"]))
+
+    # Hybrid's trade-off: how long its reactive part holds a scale-down (the default 300 s, or
+    # the 75 s forecast horizon) and the forecast level it provisions for.
+    print()
+    settings = [("300 s", "0.5"), ("300 s", "0.4"), ("75 s", "0.5"), ("75 s", "0.45"), ("75 s", "0.4")]
+    print("| hybrid hold | level | " + " | ".join(os.path.basename(t) for t in LOAD) + " |")
+    print("|---|---|" + "---|" * len(LOAD))
+    for hold, level in settings:
+        cells = []
+        for trace in LOAD:
+            r = run("simulate", "--trace", os.path.join(DATA, trace), "--json", "--level", level,
+                    "--hybrid-stabilisation", hold.replace(" ", ""))
+            re, hy = r["policies"]["reactive"], r["policies"]["hybrid"]
+            cut = hy["slo_violation_s"] / re["slo_violation_s"] - 1 if re["slo_violation_s"] else float("nan")
+            extra = hy["replica_hours"] / re["replica_hours"] - 1
+            cells.append(f"{cut * 100:+.0f}% / {extra * 100:+.1f}%")
+        print(f"| {hold} | {level} | " + " | ".join(cells) + " |")
 
     print()
     print("| trace | horizon | " + " | ".join(f["forecaster"] for f in forecasters[0][3]) + " |")

@@ -347,6 +347,11 @@ async fn check(service: &Running, registry: &str, key: Option<&str>) {
         text.contains("route=\"/v2/health/live\""),
         "{name}: routes are labelled by template"
     );
+    let cpu = text
+        .lines()
+        .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(cpu.is_some_and(|c| c > 0.0), "{name}: process CPU {cpu:?}");
     assert!(
         text.contains("route=\"unmatched\""),
         "{name}: unmatched requests are labelled"

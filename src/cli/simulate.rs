@@ -81,11 +81,15 @@ pub struct SimulateArgs {
     /// Scale-down waits for the highest recommendation of this long.
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     pub stabilisation: Duration,
+    /// Hybrid's reactive part may scale down after this instead (e.g. 75s, the forecast
+    /// horizon): fewer idle replicas where the forecast follows the load, more risk in bursts.
+    #[arg(long, value_parser = parse_duration)]
+    pub hybrid_stabilisation: Option<Duration>,
     /// Scale-up adds at most max(this, current) replicas per decision.
     #[arg(long, default_value_t = 4)]
     pub max_scale_up: u32,
     /// Coverage of the forecast interval; the predictive policies provision for its upper
-    /// end (0.5: the upper quartile of the forecast's recent errors).
+    /// end (0.5: the upper quartile of the forecast's recent errors; 0.3: the 65th percentile).
     #[arg(long, default_value_t = 0.5)]
     pub level: f64,
     #[arg(long, default_value_t = 1)]
@@ -129,6 +133,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         target_utilisation: args.target_utilisation,
         capacity_rps: platform.capacity_rps(),
         scale_down_stabilisation_s: args.stabilisation.as_secs_f64(),
+        hybrid_stabilisation_s: args.hybrid_stabilisation.map(|d| d.as_secs_f64()),
         forecast_horizon_s: platform.startup_s + platform.interval_s,
         max_scale_up: args.max_scale_up,
         ..Limits::default()

@@ -124,6 +124,16 @@ async fn the_autoscaler_adds_replicas_under_load_and_removes_them_after() {
         (count().await == 3).then_some(())
     })
     .await;
+    // Its CPU is collected with the rest: a process serving requests uses some.
+    let (_, series) = get_json(&format!("{autoscaler}/v1/series/model-linear")).await;
+    assert!(
+        series["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["cpu_cores"].as_f64() > Some(0.0)),
+        "{series}"
+    );
     stop.cancel();
     for task in load {
         task.await.unwrap();

@@ -112,6 +112,7 @@ mod tests {
                 p99_ms: Some(p99),
                 in_flight: 1.0,
                 instances: 1,
+                cpu_cores: 0.5,
             };
             raised.extend(a.observe("model-trees", &point));
         }

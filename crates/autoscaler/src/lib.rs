@@ -76,6 +76,9 @@ pub struct Config {
     pub startup_s: f64,
     /// Scale-down uses the highest recommendation of this many seconds (default 300).
     pub stabilisation_s: f64,
+    /// Hybrid's reactive part holds a scale-down this long instead (unset: `stabilisation_s`);
+    /// down to `startup_s + decide_s` saves idle replicas where the forecast follows the load.
+    pub hybrid_stabilisation_s: Option<f64>,
     /// Where decisions are carried out: `local` (default; `mlmesh up`'s control API) or
     /// `kubernetes` (the scale of each service's Deployment).
     pub backend: String,
@@ -132,6 +135,7 @@ impl Default for Config {
             step_s: 10,
             startup_s: 5.0,
             stabilisation_s: 300.0,
+            hybrid_stabilisation_s: None,
             backend: "local".into(),
             control_url: None,
             control_key_file: None,
@@ -261,6 +265,7 @@ impl Config {
             capacity_rps: self.capacity_rps,
             target_utilisation: self.target_utilisation,
             scale_down_stabilisation_s: self.stabilisation_s,
+            hybrid_stabilisation_s: self.hybrid_stabilisation_s,
             forecast_horizon_s: self.startup_s + self.decide_s as f64,
             ..Limits::default()
         };
@@ -529,6 +534,7 @@ async fn collect(
                 let scale = entry.seconds / seconds;
                 entry.requests += d.requests * scale;
                 entry.errors += d.errors * scale;
+                entry.cpu_seconds += d.cpu_seconds * scale;
                 for (bound, count) in buckets {
                     *entry.buckets.entry(bound).or_default() += count;
                 }

@@ -53,6 +53,11 @@ pub struct TargetState {
     pub rps: f64,
     pub forecast_rps: Option<f64>,
     pub forecaster: Option<String>,
+    /// CPU cores its instances use now.
+    pub cpu_cores: f64,
+    /// Requests served per CPU-second, measured (under load): what one replica with one core
+    /// of its own serves at full use. Compare it with the declared `capacity_rps`.
+    pub requests_per_cpu_second: Option<f64>,
 }
 
 /// One service being scaled.
@@ -89,6 +94,8 @@ impl Target {
                 rps: 0.0,
                 forecast_rps: None,
                 forecaster: None,
+                cpu_cores: 0.0,
+                requests_per_cpu_second: None,
             },
         })
     }
@@ -118,6 +125,10 @@ impl Target {
             .map(|f| f.upper.iter().copied().fold(0.0, f64::max));
         let capacity = f64::from(ready.max(1)) * self.scaler.limits.capacity_rps;
         self.state.rps = newest.rps;
+        self.state.cpu_cores = newest.cpu_cores;
+        // Below a tenth of a core the process's own background work dominates the ratio.
+        self.state.requests_per_cpu_second =
+            (newest.cpu_cores >= 0.1).then(|| newest.rps / newest.cpu_cores);
         self.state.forecast_rps = forecast_rps;
         self.state.forecaster = forecast.map(|f| f.forecaster.to_string());
         self.scaler.decide(Observation {
@@ -172,6 +183,7 @@ mod tests {
             p99_ms: Some(1.0),
             in_flight: 0.0,
             instances: 1,
+            cpu_cores: rps / 100.0,
         }
     }
 
@@ -188,6 +200,7 @@ mod tests {
         assert!(d.to > 1, "{d:?}");
         assert!(!d.reason.is_empty());
         assert!(t.state.forecast_rps.is_some());
+        assert_eq!(t.state.requests_per_cpu_second, Some(100.0));
         // Bins already seen are not fed twice.
         t.feed(&points, 10_000, 120_000);
         assert_eq!(t.selector.history().len(), 12);

@@ -25,6 +25,8 @@ pub struct Reading {
     /// Answers with a 5xx status.
     pub errors: f64,
     pub in_flight: f64,
+    /// The process's CPU time so far (`process_cpu_seconds_total`).
+    pub cpu_seconds: f64,
     /// Cumulative latency buckets: upper bound (seconds) → requests at or below it.
     pub buckets: BTreeMap<u64, f64>,
 }
@@ -121,6 +123,10 @@ impl Reading {
     pub fn parse(text: &str) -> Self {
         let mut reading = Self::default();
         for sample in text.lines().filter_map(parse_line) {
+            if sample.name == "process_cpu_seconds_total" {
+                reading.cpu_seconds += sample.value;
+                continue;
+            }
             if sample.label("route").is_some_and(|r| NOT_LOAD.contains(&r)) {
                 continue;
             }
@@ -155,6 +161,7 @@ impl Reading {
 pub struct Delta {
     pub requests: f64,
     pub errors: f64,
+    pub cpu_seconds: f64,
 }
 
 /// Requests and errors since `before`, and the latency buckets' increase. A counter that went
@@ -173,6 +180,7 @@ pub fn delta(before: &Reading, after: &Reading) -> (Delta, BTreeMap<u64, f64>) {
         Delta {
             requests: since(before.requests, after.requests),
             errors: since(before.errors, after.errors),
+            cpu_seconds: since(before.cpu_seconds, after.cpu_seconds),
         },
         buckets,
     )
@@ -229,6 +237,8 @@ http_request_duration_seconds_bucket{service="model-trees",method="POST",route="
 http_request_duration_seconds_bucket{service="model-trees",method="POST",route="/v2/models/{name}/infer",le="+Inf"} 100
 http_request_duration_seconds_sum{service="model-trees",method="POST",route="/v2/models/{name}/infer"} 0.5
 http_request_duration_seconds_count{service="model-trees",method="POST",route="/v2/models/{name}/infer"} 100
+# TYPE process_cpu_seconds_total counter
+process_cpu_seconds_total 2.5
 "#;
 
     #[test]
@@ -237,6 +247,7 @@ http_request_duration_seconds_count{service="model-trees",method="POST",route="/
         assert_eq!((r.requests, r.errors, r.in_flight), (100.0, 10.0, 3.0));
         assert_eq!(r.buckets.get(&1_000_000), Some(&50.0));
         assert_eq!(r.buckets.get(&u64::MAX), Some(&100.0));
+        assert_eq!(r.cpu_seconds, 2.5);
     }
 
     #[test]
@@ -259,7 +270,7 @@ http_request_duration_seconds_count{service="model-trees",method="POST",route="/
         let before = Reading::default();
         let after = Reading::parse(TEXT);
         let (d, buckets) = delta(&before, &after);
-        assert_eq!(d.requests, 100.0);
+        assert_eq!((d.requests, d.cpu_seconds), (100.0, 2.5));
         // p50 is inside the first bucket: 50 of 50 → its upper bound.
         assert!((quantile(&buckets, 0.5).unwrap() - 0.001).abs() < 1e-12);
         // p99: rank 99 in (0.01, 0.1] holding requests 91–100 → 0.01 + 0.09 · 9/10.

@@ -10,7 +10,8 @@ use utoipa::ToSchema;
 
 use crate::scrape::quantile;
 
-pub const MIGRATIONS: &[&str] = &["
+pub const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE minutes (
     service TEXT NOT NULL,
     t_ms INTEGER NOT NULL,
@@ -21,7 +22,11 @@ CREATE TABLE minutes (
     instances INTEGER NOT NULL,
     PRIMARY KEY (service, t_ms)
 );
-"];
+",
+    "
+ALTER TABLE minutes ADD COLUMN cpu_cores REAL NOT NULL DEFAULT 0;
+",
+];
 
 /// One point of a service's series.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -37,6 +42,9 @@ pub struct Point {
     pub in_flight: f64,
     /// Instances that answered the scrape.
     pub instances: u32,
+    /// CPU cores in use, summed over instances (process CPU time per second).
+    #[serde(default)]
+    pub cpu_cores: f64,
 }
 
 /// A minute being summed up.
@@ -47,6 +55,7 @@ struct Minute {
     errors: f64,
     seconds: f64,
     in_flight: f64,
+    cpu_seconds: f64,
     points: u32,
     instances: u32,
     buckets: BTreeMap<u64, f64>,
@@ -62,6 +71,7 @@ impl Minute {
             p99_ms: quantile(&self.buckets, 0.99).map(|s| s * 1000.0),
             in_flight: self.in_flight / f64::from(self.points.max(1)),
             instances: self.instances,
+            cpu_cores: self.cpu_seconds / seconds,
         }
     }
 }
@@ -80,6 +90,7 @@ pub struct Observed {
     pub requests: f64,
     pub errors: f64,
     pub in_flight: f64,
+    pub cpu_seconds: f64,
     pub instances: u32,
     pub buckets: BTreeMap<u64, f64>,
 }
@@ -102,6 +113,7 @@ impl Series {
             p99_ms: quantile(&seen.buckets, 0.99).map(|s| s * 1000.0),
             in_flight: seen.in_flight,
             instances: seen.instances,
+            cpu_cores: seen.cpu_seconds / seconds,
         });
         while series
             .raw
@@ -123,6 +135,7 @@ impl Series {
         minute.errors += seen.errors;
         minute.seconds += seen.seconds;
         minute.in_flight += seen.in_flight;
+        minute.cpu_seconds += seen.cpu_seconds;
         minute.points += 1;
         minute.instances = minute.instances.max(seen.instances);
         for (bound, count) in seen.buckets {
@@ -160,8 +173,8 @@ pub async fn store_minute(
     store
         .write(move |tx| {
             tx.execute(
-                "INSERT OR REPLACE INTO minutes (service, t_ms, rps, errors_per_s, p99_ms, in_flight, instances)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT OR REPLACE INTO minutes (service, t_ms, rps, errors_per_s, p99_ms, in_flight, instances, cpu_cores)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     service,
                     point.t_ms,
@@ -169,7 +182,8 @@ pub async fn store_minute(
                     point.errors_per_s,
                     point.p99_ms,
                     point.in_flight,
-                    point.instances
+                    point.instances,
+                    point.cpu_cores
                 ],
             )?;
             tx.execute(
@@ -190,7 +204,7 @@ pub async fn minutes(
     store
         .read(move |conn| {
             let mut stmt = conn.prepare(
-                "SELECT t_ms, rps, errors_per_s, p99_ms, in_flight, instances FROM minutes
+                "SELECT t_ms, rps, errors_per_s, p99_ms, in_flight, instances, cpu_cores FROM minutes
                  WHERE service = ?1 AND t_ms >= ?2 ORDER BY t_ms",
             )?;
             let rows = stmt.query_map(params![service, since_ms], |r| {
@@ -201,6 +215,7 @@ pub async fn minutes(
                     p99_ms: r.get(3)?,
                     in_flight: r.get(4)?,
                     instances: r.get(5)?,
+                    cpu_cores: r.get(6)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -217,6 +232,7 @@ mod tests {
             t_ms,
             seconds: 1.0,
             requests,
+            cpu_seconds: requests / 200.0,
             instances: 2,
             buckets: BTreeMap::from([(1_000_000, requests), (u64::MAX, requests)]),
             ..Observed::default()
@@ -242,6 +258,7 @@ mod tests {
         let minute = &finished[0];
         assert_eq!(minute.t_ms % 60_000, 0);
         assert!((minute.rps - 10.0).abs() < 1e-9);
+        assert!((minute.cpu_cores - 0.05).abs() < 1e-9);
         assert_eq!(minute.instances, 2);
         assert!(minute.p99_ms.unwrap() <= 1.0);
         assert!(s.raw("unknown", 0).is_none());

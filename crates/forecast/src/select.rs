@@ -197,7 +197,7 @@ impl Selector {
     /// The chosen forecaster's forecast from the newest origin, with intervals.
     pub fn forecast(&self) -> Forecast {
         let entry = &self.entries[self.chosen];
-        let level = self.settings.level.clamp(0.5, 0.999);
+        let level = self.settings.level.clamp(0.0, 0.999);
         let point = entry
             .pending
             .back()

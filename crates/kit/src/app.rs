@@ -229,14 +229,33 @@ async fn ready(State(state): State<KitState>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "observability",
     responses((status = 200, content_type = "text/plain; version=0.0.4", body = String)))]
 async fn metrics() -> Response {
+    let mut body = telemetry::prometheus().render();
+    body.push_str(&process_cpu());
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        telemetry::prometheus().render(),
+        body,
     )
         .into_response()
+}
+
+/// The process's CPU time, as Prometheus clients export it (`process_cpu_seconds_total`).
+/// Written here rather than through the `metrics` facade, whose counters are integers: the
+/// autoscaler reads CPU per second, so it needs the fractions.
+fn process_cpu() -> String {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let Ok(usage) = getrusage(UsageWho::RUSAGE_SELF) else {
+        return String::new();
+    };
+    let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    format!(
+        "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n\
+         # TYPE process_cpu_seconds_total counter\n\
+         process_cpu_seconds_total {:.6}\n",
+        seconds(usage.user_time()) + seconds(usage.system_time())
+    )
 }
 
 /// This OpenAPI document.

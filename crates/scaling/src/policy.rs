@@ -49,6 +49,11 @@ pub struct Limits {
     pub capacity_rps: f64,
     /// Scale-down uses the highest recommendation of this many seconds (HPA: 300).
     pub scale_down_stabilisation_s: f64,
+    /// Hybrid's reactive part holds a scale-down this long; `None`: as reactive does. Down to
+    /// the forecast horizon is safe for load the forecast follows (its part already holds what
+    /// the horizon needs) and saves idle replicas; a burst the forecast cannot see then finds
+    /// fewer replicas (BENCHMARKS.md has the trade-off on real traces).
+    pub hybrid_stabilisation_s: Option<f64>,
     /// Seconds ahead the forecast looks (replica start-up + one interval). Predictive and
     /// hybrid hold a scale-down only this long: the forecast already covers the time a
     /// removed replica would need to come back, and holding longer only pays for idle ones.
@@ -66,6 +71,7 @@ impl Default for Limits {
             tolerance: 0.1,
             capacity_rps: 10.0,
             scale_down_stabilisation_s: 300.0,
+            hybrid_stabilisation_s: None,
             forecast_horizon_s: 75.0,
             max_scale_up: 4,
         }
@@ -111,6 +117,11 @@ impl Limits {
                 "scale_down_stabilisation_s must be ≥ 0, not {}",
                 self.scale_down_stabilisation_s
             ));
+        }
+        if let Some(hold) = self.hybrid_stabilisation_s
+            && !(hold.is_finite() && hold >= 0.0)
+        {
+            return Err(format!("hybrid_stabilisation_s must be ≥ 0, not {hold}"));
         }
         if !(self.forecast_horizon_s.is_finite() && self.forecast_horizon_s >= 0.0) {
             return Err(format!(
@@ -221,7 +232,10 @@ impl Scaler {
         };
         // Each part keeps its own scale-down stabilisation: reactive the HPA window, predictive
         // only the forecast horizon. Hybrid then never goes below what reactive would do.
-        let reactive_hold = l.scale_down_stabilisation_s;
+        let reactive_hold = match (self.kind, l.hybrid_stabilisation_s) {
+            (Kind::Hybrid, Some(hold)) => hold,
+            _ => l.scale_down_stabilisation_s,
+        };
         let predictive_hold = l.scale_down_stabilisation_s.min(l.forecast_horizon_s);
         let (min, max) = (l.min_replicas, l.max_replicas);
         let r = reactive.map(|r| {
@@ -374,6 +388,20 @@ mod tests {
             "{d:?}"
         );
         assert_eq!(h.decide(obs(400.0, 10, 0.06, Some(7.0))).to, 1);
+
+        // With a shorter hybrid window the reactive part lets go after it: the forecast part
+        // still holds its own horizon (75 s here).
+        let mut short = Scaler::new(
+            Kind::Hybrid,
+            Limits {
+                hybrid_stabilisation_s: Some(75.0),
+                ..Limits::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(short.decide(obs(0.0, 10, 0.7, Some(70.0))).to, 10);
+        assert_eq!(short.decide(obs(60.0, 10, 0.06, Some(7.0))).to, 10);
+        assert_eq!(short.decide(obs(150.0, 10, 0.06, Some(7.0))).to, 1);
     }
 
     #[test]
@@ -415,6 +443,13 @@ mod tests {
                 ..Limits::default()
             })
             .contains("stabilisation")
+        );
+        assert!(
+            bad(Limits {
+                hybrid_stabilisation_s: Some(-1.0),
+                ..Limits::default()
+            })
+            .contains("hybrid_stabilisation_s")
         );
     }
 }
