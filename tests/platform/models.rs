@@ -367,6 +367,20 @@ async fn models_train_evaluate_and_serve_every_algorithm() {
         .await;
     assert_eq!(status, 201, "{replica}");
     let second = replica["url"].as_str().unwrap().to_string();
+    // It loaded the models before it began to answer: its first callers wait for none.
+    let text = eventually(WAIT, "second replica answers", || async {
+        let response = http().get(format!("{second}/metrics")).send().await.ok()?;
+        response.text().await.ok()
+    })
+    .await;
+    let loads = text
+        .lines()
+        .find_map(|l| l.strip_prefix("mlmesh_model_loads_total"))
+        .and_then(|rest| rest.split_whitespace().last()?.parse::<f64>().ok());
+    assert!(
+        loads >= Some(models.len() as f64),
+        "{loads:?} of {models:?}"
+    );
     let answer = eventually(WAIT, "second replica serves", || async {
         let (status, answer) = post(&format!("{second}/v2/models/mixed/infer"), &columns).await;
         (status == 200).then_some(answer)

@@ -57,6 +57,9 @@ pub struct Config {
     pub onnx_runtime: Option<PathBuf>,
     /// How often replicas look for versions written by others, in ms (default 500).
     pub poll_ms: u64,
+    /// Latest versions loaded before the replica registers, so that its first callers (say,
+    /// after the autoscaler added it) do not wait for a model to load (default 64; 0: none).
+    pub warm_models: usize,
 }
 
 impl Default for Config {
@@ -71,6 +74,7 @@ impl Default for Config {
             max_import_bytes: 256 << 20,
             onnx_runtime: None,
             poll_ms: 500,
+            warm_models: 64,
         }
     }
 }
@@ -151,8 +155,11 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let data_dir = server.require_data_dir("model")?;
     let service = config.service();
+    let warm = config.warm_models;
     let state = AppState::open(config, &server, &data_dir).await?;
+    // After the router: it installs the metrics recorder the loads are counted in.
     let app = router(state.clone(), &server);
+    state.warm(warm).await;
     let mut participation = Participation::new(&service, env!("CARGO_PKG_VERSION"));
     participation.metadata_updates = Some(state.published_models());
     let result = run_service(listener, app, &server, participation, shutdown).await;

@@ -262,6 +262,36 @@ impl AppState {
             })
     }
 
+    /// Loads the latest version of up to `limit` models (in name order) into the cache. A
+    /// model that cannot load is left for its first call to report.
+    pub async fn warm(&self, limit: usize) {
+        let latest: Vec<String> = self
+            .0
+            .catalog
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .take(limit)
+            .cloned()
+            .collect();
+        if latest.is_empty() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let mut loaded = 0;
+        for name in latest {
+            match self.served(&name, None).await {
+                Ok(_) => loaded += 1,
+                Err(e) => tracing::warn!(model = %name, error = %e, "cannot warm a model"),
+            }
+        }
+        tracing::info!(
+            loaded,
+            ms = started.elapsed().as_millis() as u64,
+            "models loaded before serving"
+        );
+    }
+
     /// A version, loaded (and cached); `which` is `latest` or a number.
     async fn served(&self, name: &str, which: Option<&str>) -> Result<Arc<Served>, ModelError> {
         check_name(name)?;
@@ -348,6 +378,7 @@ impl AppState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert((name.to_string(), version), Arc::clone(&served));
+        metrics::counter!("mlmesh_model_loads_total").increment(1);
         Ok(served)
     }
 }
