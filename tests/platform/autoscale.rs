@@ -75,20 +75,54 @@ impl Up {
     }
 }
 
+/// A replica "serves" 5 requests/s here, so a test's modest load needs more of them;
+/// decisions every second on 1 s bins, and a 3 s scale-down hold, keep the tests short.
+const FAST: &[&str] = &[
+    "autoscaler.capacity_rps=5",
+    "autoscaler.max_replicas=3",
+    "autoscaler.decide_s=1",
+    "autoscaler.step_s=1",
+    "autoscaler.startup_s=1",
+    "autoscaler.stabilisation_s=3",
+];
+
+/// Four callers listing a model service's algorithms (a cheap read it counts as a request),
+/// about 50 calls/s each, until stopped.
+struct Load {
+    stop: tokio_util::sync::CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(service: &str) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let tasks = (0..4)
+            .map(|_| {
+                let stop = stop.clone();
+                let url = format!("{service}/v1/algorithms");
+                tokio::spawn(async move {
+                    let client = http();
+                    while !stop.is_cancelled() {
+                        let _ = client.get(&url).send().await;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                })
+            })
+            .collect();
+        Self { stop, tasks }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_autoscaler_adds_replicas_under_load_and_removes_them_after() {
-    // A replica "serves" 5 requests/s here, so a test's modest load needs more of them;
-    // decisions every second on 1 s bins, and a 3 s scale-down hold, keep the test short.
-    let up = Up::start(&[
-        "autoscaler.scale=model-linear",
-        "autoscaler.capacity_rps=5",
-        "autoscaler.max_replicas=3",
-        "autoscaler.decide_s=1",
-        "autoscaler.step_s=1",
-        "autoscaler.startup_s=1",
-        "autoscaler.stabilisation_s=3",
-    ])
-    .await;
+    let up = Up::start(&[&["autoscaler.scale=model-linear"], FAST].concat()).await;
     let control = Control {
         url: up.endpoints["control"].as_str().unwrap().to_string(),
         key: up.admin.clone(),
@@ -105,21 +139,7 @@ async fn the_autoscaler_adds_replicas_under_load_and_removes_them_after() {
     };
     assert_eq!(count().await, 1);
 
-    // Load: four callers listing algorithms (a cheap read the service counts as a request).
-    let stop = tokio_util::sync::CancellationToken::new();
-    let load: Vec<_> = (0..4)
-        .map(|_| {
-            let stop = stop.clone();
-            let url = format!("{linear}/v1/algorithms");
-            tokio::spawn(async move {
-                let client = http();
-                while !stop.is_cancelled() {
-                    let _ = client.get(&url).send().await;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(&linear);
     eventually(WAIT, "model-linear scaled out to 3", || async {
         (count().await == 3).then_some(())
     })
@@ -134,10 +154,7 @@ async fn the_autoscaler_adds_replicas_under_load_and_removes_them_after() {
             .any(|p| p["cpu_cores"].as_f64() > Some(0.0)),
         "{series}"
     );
-    stop.cancel();
-    for task in load {
-        task.await.unwrap();
-    }
+    load.stop().await;
     eventually(WAIT, "model-linear scaled back in to 1", || async {
         (count().await == 1).then_some(())
     })
@@ -180,43 +197,23 @@ async fn the_kubernetes_backend_scales_the_deployment_through_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "sa-token\n").unwrap();
-    let up = Up::start(&[
+    let url = format!("autoscaler.kubernetes_url={}", api.url);
+    let token = format!("autoscaler.kubernetes_token_file={}", token.display());
+    let kube = [
         "autoscaler.scale=model-linear",
         "autoscaler.backend=kubernetes",
-        &format!("autoscaler.kubernetes_url={}", api.url),
+        url.as_str(),
         "autoscaler.kubernetes_namespace=ml",
-        &format!("autoscaler.kubernetes_token_file={}", token.display()),
-        "autoscaler.capacity_rps=5",
-        "autoscaler.max_replicas=3",
-        "autoscaler.decide_s=1",
-        "autoscaler.step_s=1",
-        "autoscaler.startup_s=1",
-        "autoscaler.stabilisation_s=3",
-    ])
-    .await;
+        token.as_str(),
+    ];
+    let up = Up::start(&[&kube[..], FAST].concat()).await;
     let linear = up.url("model-linear");
-    let stop = tokio_util::sync::CancellationToken::new();
-    let load: Vec<_> = (0..4)
-        .map(|_| {
-            let stop = stop.clone();
-            let url = format!("{linear}/v1/algorithms");
-            tokio::spawn(async move {
-                let client = http();
-                while !stop.is_cancelled() {
-                    let _ = client.get(&url).send().await;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(&linear);
     eventually(WAIT, "the Deployment scaled to 3", || async {
         (fake.replicas("ml", "mlmesh-model-linear") == Some(3)).then_some(())
     })
     .await;
-    stop.cancel();
-    for task in load {
-        task.await.unwrap();
-    }
+    load.stop().await;
     eventually(WAIT, "the Deployment scaled back to 1", || async {
         (fake.replicas("ml", "mlmesh-model-linear") == Some(1)).then_some(())
     })

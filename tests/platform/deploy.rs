@@ -88,6 +88,14 @@ fn load() -> Manifests {
     m
 }
 
+fn pod(deployment: &Deployment) -> &k8s_openapi::api::core::v1::PodSpec {
+    let spec = deployment.spec.as_ref().expect("a Deployment has a spec");
+    spec.template
+        .spec
+        .as_ref()
+        .expect("a pod template has a spec")
+}
+
 /// The services this binary runs (`mlmesh serve <service>`).
 fn known_services() -> BTreeSet<&'static str> {
     [
@@ -109,6 +117,18 @@ fn served(container: &Container) -> String {
     let args = container.args.clone().unwrap_or_default();
     assert_eq!(args.first().map(String::as_str), Some("serve"), "{args:?}");
     args[1].clone()
+}
+
+/// Loads `section` as the binary does and checks it.
+fn valid<T: serde::de::DeserializeOwned + Default>(
+    sources: &Sources,
+    section: &str,
+    check: impl Fn(&T) -> Result<(), mlmesh_kit::ConfigError>,
+) {
+    let config: T = sources
+        .load(section)
+        .unwrap_or_else(|e| panic!("{section}: {e}"));
+    check(&config).unwrap_or_else(|e| panic!("{section}: {e}"));
 }
 
 /// Loads each section the container's `MLMESH_*` variables touch, as the binary does; an
@@ -147,31 +167,16 @@ fn check_settings(service: &str, container: &Container) {
         "{service}: replicas must advertise an address other pods can reach"
     );
     match service {
-        "autoscaler" => {
-            let config: mlmesh_autoscaler::Config = sources.load("autoscaler").unwrap();
-            config.validate().unwrap();
-        }
-        "gateway" => {
-            let config: mlmesh_gateway::Config = sources.load("gateway").unwrap();
-            config.validate().unwrap();
-        }
-        "data" => {
-            let config: mlmesh_data::Config = sources.load("data").unwrap();
-            config.validate().unwrap();
-        }
-        "registry" => {
-            let config: mlmesh_registry::Config = sources.load("registry").unwrap();
-            config.validate().unwrap();
-        }
-        "dashboard" => {
-            let config: mlmesh_dashboard::Config = sources.load("dashboard").unwrap();
-            config.validate().unwrap();
-        }
-        _ => {
-            let mut config: mlmesh_model::Config = sources.load("model").unwrap();
-            config.family = service.trim_start_matches("model-").to_string();
-            config.validate().unwrap();
-        }
+        "autoscaler" => valid::<mlmesh_autoscaler::Config>(&sources, service, |c| c.validate()),
+        "gateway" => valid::<mlmesh_gateway::Config>(&sources, service, |c| c.validate()),
+        "data" => valid::<mlmesh_data::Config>(&sources, service, |c| c.validate()),
+        "registry" => valid::<mlmesh_registry::Config>(&sources, service, |c| c.validate()),
+        "dashboard" => valid::<mlmesh_dashboard::Config>(&sources, service, |c| c.validate()),
+        _ => valid::<mlmesh_model::Config>(&sources, "model", |c| {
+            let mut c = c.clone();
+            c.family = service.trim_start_matches("model-").to_string();
+            c.validate()
+        }),
     }
 }
 
@@ -266,15 +271,7 @@ fn kubernetes_manifests_match_the_code() {
                 selector.iter().all(|(k, v)| labels.get(k) == Some(v))
             })
             .unwrap_or_else(|| panic!("Service {name} selects no pods"));
-        let ports: BTreeSet<String> = target
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers[0]
+        let ports: BTreeSet<String> = pod(target).containers[0]
             .ports
             .clone()
             .unwrap_or_default()
@@ -294,14 +291,7 @@ fn kubernetes_manifests_match_the_code() {
     // The autoscaler: every service it scales has a Deployment, and its account may get and
     // patch deployments/scale (what the backend calls), nothing more.
     let autoscaler = by_service["autoscaler"];
-    let pod = autoscaler
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap();
+    let pod = pod(autoscaler);
     let account = pod.service_account_name.clone().unwrap();
     assert!(m.accounts.contains(&account));
     let scale = pod.containers[0]
