@@ -8,7 +8,8 @@ scikit-learn's `load_breast_cancer(as_frame=True).frame.to_csv`) and puts nginx 
 keep-alive upstream) in front of its model service. Then, per MODE — `gateway`, `direct`,
 `nginx`, or `open` (the gateway at a fixed 4000 requests/s) — it runs `EXE bench` at 20 users
 while `perf stat -e task-clock` watches the proxy and the model service, and prints
-requests/s, p50/p99 and the CPU µs per request of each process. CPU per request is steadier
+requests/s, p50/p99 and the CPU µs, system calls and context switches per request of each
+process. CPU per request is steadier
 across runs than requests/s on a shared 2-core machine, so builds are compared with it.
 `record` writes `perf record -g` of the gateway to /tmp/record.data. Needs perf and nginx.
 """
@@ -49,13 +50,19 @@ def bench(data, extra):
     return json.loads(out.stdout)
 
 
-def cpu_ms(perf):
+EVENTS = ["task-clock", "raw_syscalls:sys_enter", "context-switches"]
+
+
+def counts(perf):
+    """task-clock (ms), system calls and context switches seen by a `perf stat`."""
     perf.send_signal(signal.SIGINT)
+    seen = {}
     for line in perf.communicate()[1].splitlines():
         fields = line.split(",")
-        if "task-clock" in fields and fields[0][:1].isdigit():
-            return float(fields[0])
-    return 0.0
+        for event in EVENTS:
+            if event in fields and fields[0][:1].isdigit():
+                seen[event] = float(fields[0])
+    return seen
 
 
 def main():
@@ -99,12 +106,15 @@ http {{ access_log off; upstream model {{ server {trees}; keepalive 64; }}
                 rec.send_signal(signal.SIGINT)
                 rec.wait()
                 continue
-            watch = {name: subprocess.Popen(["perf", "stat", "-x,", "-e", "task-clock", "-p", pids[name]],
+            watch = {name: subprocess.Popen(["perf", "stat", "-x,", "-e", ",".join(EVENTS), "-p", pids[name]],
                                             stderr=subprocess.PIPE, text=True) for name in (proxy, "model")}
             r = bench(data, extra)
             n = r["requests"]
-            cost = "  ".join(f"{name} {cpu_ms(p) * 1000 / n:6.1f} µs" for name, p in watch.items()
-                             if not (mode == "direct" and name == proxy))
+            seen = {name: counts(p) for name, p in watch.items()}
+            cost = "  ".join(f"{name} {c.get('task-clock', 0) * 1000 / n:6.1f} µs "
+                             f"({c.get('raw_syscalls:sys_enter', 0) / n:.1f} syscalls, "
+                             f"{c.get('context-switches', 0) / n:.2f} switches)"
+                             for name, c in seen.items() if not (mode == "direct" and name == proxy))
             print(f"{mode:8} {r['rps']:8.0f} req/s  p50 {r['latency_ms']['p50']:.3f}  p99 {r['latency_ms']['p99']:.3f} ms"
                   f"  CPU per request: {cost}", flush=True)
     finally:
