@@ -10,23 +10,37 @@ use mlmesh_protocol::gateway::UsageRecord;
 /// Calls about no model are counted under this name.
 pub const NO_MODEL: &str = "-";
 
+/// Counts per key, then per model. Nested so that a request finds its entry by `&str` without
+/// building owned keys (two allocations per request otherwise).
+type Pending = HashMap<
+    Box<str>,
+    HashMap<Box<str>, [u64; 3], foldhash::fast::RandomState>,
+    foldhash::fast::RandomState,
+>;
+
 #[derive(Debug, Default)]
 pub struct Counter {
-    pending: Mutex<HashMap<(String, String), [u64; 3]>>,
+    pending: Mutex<Pending>,
 }
 
 impl Counter {
     pub fn count(&self, key: &str, model: &str, rows: u64, error: bool) {
+        self.add(key, model, [1, rows, u64::from(error)]);
+    }
+
+    fn add(&self, key: &str, model: &str, counts: [u64; 3]) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let c = match pending.get_mut(&(key.to_string(), model.to_string())) {
-            Some(c) => c,
-            None => pending
-                .entry((key.to_string(), model.to_string()))
-                .or_default(),
+        let models = match pending.get_mut(key) {
+            Some(m) => m,
+            None => pending.entry(key.into()).or_default(),
         };
-        c[0] += 1;
-        c[1] += rows;
-        c[2] += u64::from(error);
+        let c = match models.get_mut(model) {
+            Some(c) => c,
+            None => models.entry(model.into()).or_default(),
+        };
+        for (total, n) in c.iter_mut().zip(counts) {
+            *total += n;
+        }
     }
 
     /// Takes the counts not yet stored.
@@ -34,18 +48,18 @@ impl Counter {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         pending
             .into_iter()
-            .map(|((key, model), c)| record(key, model, c))
+            .flat_map(|(key, models)| {
+                models
+                    .into_iter()
+                    .map(move |(model, c)| record(key.to_string(), model.into(), c))
+            })
             .collect()
     }
 
     /// Puts back counts whose write failed.
     pub fn restore(&self, records: Vec<UsageRecord>) {
         for r in records {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let c = pending.entry((r.key, r.model)).or_default();
-            c[0] += r.requests;
-            c[1] += r.rows;
-            c[2] += r.errors;
+            self.add(&r.key, &r.model, [r.requests, r.rows, r.errors]);
         }
     }
 
@@ -58,15 +72,17 @@ impl Counter {
             c[1] += r.rows;
             c[2] += r.errors;
         }
-        for ((key, model), p) in self
+        for (key, models) in self
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
         {
-            let c = all.entry((key.clone(), model.clone())).or_default();
-            for i in 0..3 {
-                c[i] += p[i];
+            for (model, p) in models {
+                let c = all.entry((key.to_string(), model.to_string())).or_default();
+                for i in 0..3 {
+                    c[i] += p[i];
+                }
             }
         }
         let mut out: Vec<UsageRecord> =

@@ -2,6 +2,7 @@
 //! `/openapi.json`, JSON fallbacks and the protective middleware stack — as
 //! `docs/specs/service.md` requires of every service.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -72,6 +73,77 @@ struct KitState {
 #[derive(Clone)]
 struct MetricsState {
     service: Arc<str>,
+    in_flight: metrics::Gauge,
+    /// Handles per method and route, then per status: built once, so a request costs no label
+    /// strings and no registry lookup (they were a dozen allocations per request).
+    routes: Arc<RwLock<Routes>>,
+}
+
+type Routes = HashMap<Method, HashMap<Box<str>, Arc<RouteMetrics>>>;
+
+struct RouteMetrics {
+    method: Method,
+    route: Box<str>,
+    duration: metrics::Histogram,
+    /// Few statuses per route: a short list beats a map.
+    by_status: RwLock<Vec<(u16, metrics::Counter)>>,
+}
+
+impl MetricsState {
+    fn new(service: &str) -> Self {
+        Self {
+            service: Arc::from(service),
+            in_flight: metrics::gauge!(telemetry::HTTP_REQUESTS_IN_FLIGHT, "service" => service.to_string()),
+            routes: Arc::default(),
+        }
+    }
+
+    fn route(&self, method: &Method, route: &str) -> Arc<RouteMetrics> {
+        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(hit) = routes.get(method).and_then(|r| r.get(route)) {
+            return Arc::clone(hit);
+        }
+        drop(routes);
+        let made = Arc::new(RouteMetrics {
+            method: method.clone(),
+            route: route.into(),
+            duration: metrics::histogram!(telemetry::HTTP_REQUEST_DURATION_SECONDS,
+                "service" => self.service.to_string(), "method" => method.as_str().to_owned(),
+                "route" => route.to_owned()),
+            by_status: RwLock::default(),
+        });
+        Arc::clone(
+            self.routes
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(method.clone())
+                .or_default()
+                .entry(route.into())
+                .or_insert(made),
+        )
+    }
+
+    fn count(&self, route: &RouteMetrics, status: u16) {
+        let hit = route
+            .by_status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, c)| c.clone());
+        let counter = hit.unwrap_or_else(|| {
+            let counter = metrics::counter!(telemetry::HTTP_REQUESTS_TOTAL,
+                "service" => self.service.to_string(), "method" => route.method.as_str().to_owned(),
+                "route" => route.route.to_string(), "status" => status.to_string());
+            route
+                .by_status
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((status, counter.clone()));
+            counter
+        });
+        counter.increment(1);
+    }
 }
 
 impl App {
@@ -119,10 +191,8 @@ impl App {
             });
 
         let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
-        let metrics_state = MetricsState {
-            service: Arc::from(self.service.as_str()),
-        };
         telemetry::prometheus();
+        let metrics_state = MetricsState::new(&self.service);
 
         // Outermost first: every request gets an id before it is traced, the trace span sees
         // the id, the id is echoed on the answer, panics become a JSON 500 instead of a closed
@@ -161,24 +231,16 @@ struct KitApi;
 
 async fn track_metrics(State(state): State<MetricsState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().as_str().to_owned();
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let service = state.service.to_string();
-    let in_flight =
-        metrics::gauge!(telemetry::HTTP_REQUESTS_IN_FLIGHT, "service" => service.clone());
-    in_flight.increment(1.0);
+        .map_or("unmatched", |p| p.as_str());
+    let metrics = state.route(req.method(), route);
+    state.in_flight.increment(1.0);
     let response = next.run(req).await;
-    in_flight.decrement(1.0);
-    let status = response.status().as_u16().to_string();
-    metrics::counter!(telemetry::HTTP_REQUESTS_TOTAL,
-        "service" => service.clone(), "method" => method.clone(), "route" => route.clone(), "status" => status)
-    .increment(1);
-    metrics::histogram!(telemetry::HTTP_REQUEST_DURATION_SECONDS,
-        "service" => service, "method" => method, "route" => route)
-    .record(start.elapsed().as_secs_f64());
+    state.in_flight.decrement(1.0);
+    state.count(&metrics, response.status().as_u16());
+    metrics.duration.record(start.elapsed().as_secs_f64());
     response
 }
 
