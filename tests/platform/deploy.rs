@@ -145,7 +145,7 @@ fn check_settings(service: &str, container: &Container) {
     for name in env.keys() {
         assert!(
             name.contains("__"),
-            "{service}: {name} would be read as a whole section; use MLMESH_SECTION__KEY"
+            "{service}: {name} is not a setting (the binary ignores it); use MLMESH_SECTION__KEY"
         );
     }
     let sources = Sources {

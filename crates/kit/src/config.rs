@@ -63,7 +63,13 @@ impl Sources {
                 .prefix_separator("_")
                 .separator(ENV_SEPARATOR)
                 .try_parsing(true)
-                .source(Some(self.env.clone().into_iter().collect())),
+                .source(Some(
+                    self.env
+                        .iter()
+                        .filter(|(name, _)| is_setting(name))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                )),
         );
         for (key, value) in &self.overrides {
             builder = builder
@@ -79,6 +85,15 @@ impl Sources {
                 .map_err(|e| ConfigError(qualify(section, &e.to_string()))),
         }
     }
+}
+
+/// Whether an environment variable is a setting (`MLMESH_<SECTION>__<KEY>`). Variables with no
+/// section separator belong to command-line flags (`MLMESH_REGISTRY`, `MLMESH_GATEWAY`,
+/// `MLMESH_API_KEY`…); read as settings they would replace a whole section with a string.
+fn is_setting(name: &str) -> bool {
+    name.strip_prefix(ENV_PREFIX)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .is_some_and(|rest| rest.contains(ENV_SEPARATOR))
 }
 
 /// Prefixes bare key names in deserialisation messages with their section, so the message names
@@ -205,6 +220,21 @@ mod tests {
         );
         let demo: Demo = sources.set("demo.name", "flag").load("demo").unwrap();
         assert_eq!(demo.name, "flag");
+    }
+
+    #[test]
+    fn flag_variables_are_not_settings() {
+        // `MLMESH_REGISTRY` is `serve --registry`'s variable, `MLMESH_GATEWAY` the CLI's; they
+        // must not be read as the `[registry]` or `[gateway]` section.
+        let sources = Sources {
+            env: env(&[
+                ("MLMESH_DEMO", "http://127.0.0.1:9"),
+                ("MLMESH_DEMO__NAME", "env"),
+            ]),
+            ..Sources::default()
+        };
+        let demo: Demo = sources.load("demo").unwrap();
+        assert_eq!(demo.name, "env");
     }
 
     #[test]
