@@ -417,6 +417,27 @@ async fn models_train_evaluate_and_serve_every_algorithm() {
         overview["services"]["data"][0].get("models").is_none(),
         "{overview}"
     );
+    // And what the autoscaler measures and decides, beside the instances.
+    let overview = eventually(WAIT, "dashboard shows the autoscaler's view", || async {
+        let (_, overview) = get_json(&format!("{dashboard}/v1/overview")).await;
+        overview["autoscaler"]["load"]["services"]["model-trees"]["cpu_cores"]
+            .is_number()
+            .then_some(overview)
+    })
+    .await;
+    let view = &overview["autoscaler"];
+    assert!(view["scaling"]["targets"].is_array(), "{view}");
+    assert!(view["anomalies"]["events"].is_array(), "{view}");
+    assert!(view["abuse"]["throttled"].is_array(), "{view}");
+    let page = http()
+        .get(dashboard)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("function autoscaler("));
 
     bad_input_is_refused(&trees, &linear).await;
     cli_trains_and_predicts(&data_dir).await;

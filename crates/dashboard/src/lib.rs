@@ -70,6 +70,25 @@ pub struct Overview {
     /// Whether the dashboard has heard from the registry yet.
     pub synced: bool,
     pub services: BTreeMap<String, Vec<InstanceView>>,
+    /// What the autoscaler sees and does, when one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<AutoscalerView>,
+}
+
+/// The autoscaler's own answers, passed through as it gave them (the dashboard does not
+/// depend on its crate): `GET /v1/series`, `/v1/scaling`, `/v1/anomalies`, `/v1/abuse`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AutoscalerView {
+    pub url: String,
+    /// Each service's newest point: requests/s, errors/s, p99, in flight, CPU, instances.
+    #[schema(value_type = Object)]
+    pub load: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub scaling: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub anomalies: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub abuse: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -214,9 +233,41 @@ async fn overview(State(state): State<AppState>) -> Json<Overview> {
                     .unwrap_or_default(),
             });
     }
+    let autoscaler = match services
+        .get("autoscaler")
+        .and_then(|a| a.iter().find(|i| i.ready))
+    {
+        Some(instance) => autoscaler_view(&state.http, &instance.url).await,
+        None => None,
+    };
     Json(Overview {
         registry: state.registry_url.clone(),
         synced: snapshot.is_some(),
         services,
+        autoscaler,
+    })
+}
+
+/// The autoscaler's four answers, read concurrently; none if any of them fails.
+async fn autoscaler_view(http: &reqwest::Client, url: &str) -> Option<AutoscalerView> {
+    let get = |path: &'static str| {
+        let request = http.get(format!("{url}{path}"));
+        async move {
+            let response = request.send().await.ok()?.error_for_status().ok()?;
+            response.json::<serde_json::Value>().await.ok()
+        }
+    };
+    let (load, scaling, anomalies, abuse) = tokio::join!(
+        get("/v1/series"),
+        get("/v1/scaling"),
+        get("/v1/anomalies"),
+        get("/v1/abuse")
+    );
+    Some(AutoscalerView {
+        url: url.to_string(),
+        load: load?,
+        scaling: scaling?,
+        anomalies: anomalies?,
+        abuse: abuse?,
     })
 }
