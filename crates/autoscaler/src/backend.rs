@@ -57,7 +57,7 @@ impl KubeSettings {
     }
 }
 
-/// Whether `name` can name a Deployment (an RFC 1123 DNS subdomain label, as Kubernetes checks).
+/// Whether `name` can name a Deployment (an RFC 1123 DNS subdomain, as Kubernetes checks).
 pub fn valid_object_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
