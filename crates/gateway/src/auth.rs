@@ -63,6 +63,9 @@ pub struct Entry {
 #[derive(Debug, Default)]
 pub struct Keys {
     by_hash: RwLock<HashMap<Hash, Arc<Entry>>>,
+    /// Bumped by every change made here (not by reloads), so that a reload read before a
+    /// change does not undo it.
+    generation: AtomicU64,
 }
 
 /// Why a key was not accepted.
@@ -84,9 +87,19 @@ fn limiter(rate: Option<u32>) -> Option<DefaultDirectRateLimiter> {
 }
 
 impl Keys {
-    /// Replaces the key set with the stored one; keys that stay keep their rate state.
-    pub fn load(&self, stored: Vec<StoredKey>) {
+    /// The count of local changes so far; pass it to [`Keys::load`] with what was read after.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Replaces the key set with the stored one, read when the generation was `seen`; keys
+    /// that stay keep their rate state. Returns false, changing nothing, when a key was added
+    /// or removed here since: the read may predate it (the next reload catches up).
+    pub fn load(&self, stored: Vec<StoredKey>, seen: u64) -> bool {
         let mut map = self.by_hash.write().unwrap_or_else(|e| e.into_inner());
+        if self.generation.load(Ordering::Acquire) != seen {
+            return false;
+        }
         let mut next = HashMap::with_capacity(stored.len());
         for key in stored {
             let Ok(hash) = Hash::try_from(key.hash.as_slice()) else {
@@ -104,6 +117,7 @@ impl Keys {
             next.insert(hash, entry);
         }
         *map = next;
+        true
     }
 
     pub fn insert(&self, stored: &StoredKey) {
@@ -116,17 +130,15 @@ impl Keys {
             hash,
             attempts: AtomicU64::new(0),
         });
-        self.by_hash
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(hash, entry);
+        let mut map = self.by_hash.write().unwrap_or_else(|e| e.into_inner());
+        map.insert(hash, entry);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn remove(&self, id: &str) {
-        self.by_hash
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, e| e.info.id != id);
+        let mut map = self.by_hash.write().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, e| e.info.id != id);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn list(&self) -> Vec<KeyInfo> {
@@ -243,10 +255,13 @@ mod tests {
     #[test]
     fn roles_and_refusals() {
         let keys = Keys::default();
-        keys.load(vec![
-            stored("a", "sa", Role::Admin, None),
-            stored("p", "sp", Role::Predict, Some(2)),
-        ]);
+        assert!(keys.load(
+            vec![
+                stored("a", "sa", Role::Admin, None),
+                stored("p", "sp", Role::Predict, Some(2)),
+            ],
+            keys.generation()
+        ));
         assert_eq!(
             keys.admit(None, Role::Predict).unwrap_err(),
             Refusal::Missing
@@ -276,6 +291,22 @@ mod tests {
             keys.admit(Some("sp"), Role::Predict).unwrap_err(),
             Refusal::Unknown
         );
+    }
+
+    #[test]
+    fn a_reload_read_before_a_change_does_not_undo_it() {
+        let keys = Keys::default();
+        // A reload reads the store (no key yet)…
+        let seen = keys.generation();
+        let read_before = Vec::new();
+        // …a key is created meanwhile…
+        keys.insert(&stored("k", "sk", Role::Predict, None));
+        // …and the stale read must not remove it.
+        assert!(!keys.load(read_before, seen));
+        assert!(keys.admit(Some("sk"), Role::Predict).is_ok());
+        // A read made after the change applies.
+        assert!(keys.load(Vec::new(), keys.generation()));
+        assert!(keys.admit(Some("sk"), Role::Predict).is_err());
     }
 
     #[test]

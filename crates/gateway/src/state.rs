@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -26,6 +27,9 @@ pub struct Inner {
     pub mesh: Mesh,
     pub keys: Keys,
     pub ensembles: RwLock<Arc<HashMap<String, Arc<Ensemble>>>>,
+    /// Bumped by every ensemble change made here, so that a reload read before it does not
+    /// undo it (as for keys).
+    ensembles_generation: AtomicU64,
     pub usage: Counter,
     pub throttles: Throttles,
     pub readiness: Readiness,
@@ -102,6 +106,7 @@ impl AppState {
             mesh,
             keys: Keys::default(),
             ensembles: RwLock::new(Arc::new(HashMap::new())),
+            ensembles_generation: AtomicU64::new(0),
             usage: Counter::default(),
             throttles: Throttles::default(),
             readiness,
@@ -127,18 +132,25 @@ impl AppState {
     }
 
     /// Re-reads keys and ensembles (other gateway replicas may have changed them).
+    /// Changes made here since the read began are kept: the read is skipped (the next reload,
+    /// `flush_ms` later, sees them in the store).
     pub async fn reload(&self) -> Result<(), mlmesh_store::StoreError> {
+        let keys_seen = self.0.keys.generation();
+        let ensembles_seen = self.0.ensembles_generation.load(Ordering::Acquire);
         let (keys, ensembles) = self
             .0
             .store
             .read(|c| Ok((db::keys(c)?, db::ensembles(c)?)))
             .await?;
-        self.0.keys.load(keys);
+        self.0.keys.load(keys, keys_seen);
         let map = ensembles
             .into_iter()
             .map(|e| (e.name.clone(), Arc::new(e)))
             .collect();
-        *self.0.ensembles.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+        let mut all = self.0.ensembles.write().unwrap_or_else(|e| e.into_inner());
+        if self.0.ensembles_generation.load(Ordering::Acquire) == ensembles_seen {
+            *all = Arc::new(map);
+        }
         Ok(())
     }
 
@@ -187,6 +199,7 @@ impl AppState {
         let mut next = (**all).clone();
         next.insert(ensemble.name.clone(), Arc::new(ensemble));
         *all = Arc::new(next);
+        self.0.ensembles_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn remove_ensemble(&self, name: &str) {
@@ -194,6 +207,7 @@ impl AppState {
         let mut next = (**all).clone();
         next.remove(name);
         *all = Arc::new(next);
+        self.0.ensembles_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Stops background work and stores the last usage counts.
