@@ -1,7 +1,7 @@
 //! The autoscaler service. It collects: it discovers every instance through the registry,
 //! scrapes its `/metrics` every `scrape_ms`, and keeps per-service series — request rate,
-//! error rate, p99 latency, requests in flight, CPU cores, instances — raw in memory and per minute in
-//! its own store, each with a retention. And it scales the services named in
+//! error rate, p99 latency, requests in flight, CPU cores, instances — raw in memory and per
+//! minute in its own store, each with a retention. And it scales the services named in
 //! `autoscaler.scale`: forecasts (`mlmesh-forecast`), a policy (`mlmesh-scaling`), and a
 //! backend ([`backend`]: the `mlmesh up` supervisor's control API, or Kubernetes Deployments).
 //!
