@@ -76,7 +76,8 @@ pub struct Overview {
 }
 
 /// The autoscaler's own answers, passed through as it gave them (the dashboard does not
-/// depend on its crate): `GET /v1/series`, `/v1/scaling`, `/v1/anomalies`, `/v1/abuse`.
+/// depend on its crate) but for its lists, cut to the newest 20: `GET /v1/series`,
+/// `/v1/scaling`, `/v1/anomalies`, `/v1/abuse`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AutoscalerView {
     pub url: String,
@@ -263,11 +264,50 @@ async fn autoscaler_view(http: &reqwest::Client, url: &str) -> Option<Autoscaler
         get("/v1/anomalies"),
         get("/v1/abuse")
     );
+    let (mut scaling, mut anomalies, mut abuse) = (scaling?, anomalies?, abuse?);
+    // The autoscaler keeps up to a thousand of each; the page shows the newest few.
+    keep_newest(&mut scaling["decisions"]);
+    keep_newest(&mut anomalies["events"]);
+    keep_newest(&mut abuse["events"]);
     Some(AutoscalerView {
         url: url.to_string(),
         load: load?,
-        scaling: scaling?,
-        anomalies: anomalies?,
-        abuse: abuse?,
+        scaling,
+        anomalies,
+        abuse,
     })
+}
+
+/// How many decisions and events the overview passes on (newest last).
+const NEWEST: usize = 20;
+
+fn keep_newest(list: &mut serde_json::Value) {
+    if let Some(items) = list.as_array_mut() {
+        let extra = items.len().saturating_sub(NEWEST);
+        items.drain(..extra);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_keep_their_newest_entries() {
+        let mut long = serde_json::Value::from((0..25).collect::<Vec<i32>>());
+        keep_newest(&mut long);
+        let kept: Vec<i64> = long
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        assert_eq!(kept, (5..25).collect::<Vec<i64>>());
+        let mut short = serde_json::json!([1, 2]);
+        keep_newest(&mut short);
+        assert_eq!(short, serde_json::json!([1, 2]));
+        let mut missing = serde_json::Value::Null;
+        keep_newest(&mut missing);
+        assert!(missing.is_null());
+    }
 }
