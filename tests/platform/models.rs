@@ -114,6 +114,8 @@ async fn models_train_evaluate_and_serve_every_algorithm() {
         .arg(&data_dir)
         .env("MLMESH_MODEL__MAX_BATCH_ROWS", "500")
         .env("MLMESH_MODEL__MAX_REQUEST_BYTES", "1000000")
+        // Generous for a debug build, so that small predictions surely run inline.
+        .env("MLMESH_MODEL__INLINE_PREDICT_US", "5000")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -293,6 +295,31 @@ async fn models_train_evaluate_and_serve_every_algorithm() {
     let (status, answer) = post(&format!("{trees}/v2/models/mixed/infer"), &columns).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["outputs"][0]["data"], json!(["big", "small"]));
+    // The first call measured the model's cost on the blocking pool; calls that cheap now
+    // run inline, with the same answers.
+    for _ in 0..3 {
+        let (status, again) = post(&format!("{trees}/v2/models/mixed/infer"), &columns).await;
+        assert_eq!((status, &again["outputs"]), (200, &answer["outputs"]));
+    }
+    let text = http()
+        .get(format!("{trees}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let predictions = |on: &str| {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("mlmesh_model_predictions_total")
+                    && l.contains(&format!("on=\"{on}\""))
+            })
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert!(predictions("pool") >= 1.0, "{text}");
+    assert!(predictions("inline") >= 3.0, "{text}");
     // A second version; version 1 stays servable.
     let job = train(
         &trees,

@@ -17,6 +17,7 @@
 //! [`artifact`], [`infer`], [`onnx`].
 
 pub mod artifact;
+pub mod cost;
 pub mod dataset;
 pub mod db;
 pub mod infer;
@@ -60,6 +61,10 @@ pub struct Config {
     /// Latest versions loaded before the replica registers, so that its first callers (say,
     /// after the autoscaler added it) do not wait for a model to load (default 64; 0: none).
     pub warm_models: usize,
+    /// Predictions that the model's measured cost puts under this many µs run on the async
+    /// worker instead of the blocking pool, whose hand-over costs more than they do (default
+    /// 50; 0: always the pool).
+    pub inline_predict_us: u64,
 }
 
 impl Default for Config {
@@ -75,6 +80,7 @@ impl Default for Config {
             onnx_runtime: None,
             poll_ms: 500,
             warm_models: 64,
+            inline_predict_us: 50,
         }
     }
 }

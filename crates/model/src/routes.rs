@@ -113,6 +113,33 @@ enum Loaded {
 struct Served {
     info: ModelVersion,
     model: Loaded,
+    /// What its predictions cost, to run the short ones inline.
+    cost: crate::cost::Cost,
+}
+
+impl Served {
+    fn predict(
+        &self,
+        request: &InferRequest,
+        max_rows: usize,
+    ) -> Result<Vec<mlmesh_protocol::v2::InferOutput>, ModelError> {
+        let start = std::time::Instant::now();
+        let outputs = match &self.model {
+            Loaded::Native(artifact) => infer::predict(artifact, request, max_rows)?,
+            Loaded::Onnx(model) => model.predict(request, max_rows)?,
+        };
+        self.cost.record(rows_of(&outputs), start.elapsed());
+        Ok(outputs)
+    }
+}
+
+/// Rows of an answer (its first output's first dimension).
+fn rows_of(outputs: &[mlmesh_protocol::v2::InferOutput]) -> u64 {
+    outputs
+        .first()
+        .and_then(|o| o.shape.first())
+        .copied()
+        .unwrap_or(0)
 }
 
 struct Inner {
@@ -126,6 +153,9 @@ struct Inner {
     /// Latest version of every model, refreshed from the shared store.
     catalog: RwLock<BTreeMap<String, u64>>,
     published: watch::Sender<BTreeMap<String, Value>>,
+    /// Predictions run inline and on the blocking pool; made at first use, once the
+    /// service's metrics recorder exists.
+    predictions: std::sync::OnceLock<(metrics::Counter, metrics::Counter)>,
     readiness: Readiness,
     stop: CancellationToken,
 }
@@ -183,6 +213,7 @@ impl AppState {
             cache: Mutex::new(HashMap::new()),
             catalog: RwLock::new(BTreeMap::new()),
             published: watch::channel(BTreeMap::new()).0,
+            predictions: std::sync::OnceLock::new(),
             readiness: Readiness::ready(),
             stop,
         }));
@@ -368,7 +399,11 @@ impl AppState {
                     Artifact::from_bytes(&bytes).map_err(ModelError::Internal)?,
                 ))
             };
-            Ok(Served { info, model })
+            Ok(Served {
+                info,
+                model,
+                cost: crate::cost::Cost::default(),
+            })
         })
         .await
         .map_err(|e| ModelError::Internal(e.to_string()))??;
@@ -1020,29 +1055,40 @@ async fn run_infer(
         .filter(|o| v2_binary::wants_binary(&request, o))
         .map(str::to_string)
         .collect();
-    let work = Arc::clone(&served);
-    // Prediction is CPU work: it runs on the blocking pool, never on the async workers.
-    let task = tokio::task::spawn_blocking(move || match &work.model {
-        Loaded::Native(artifact) => infer::predict(artifact, &request, max_rows),
-        Loaded::Onnx(model) => model.predict(&request, max_rows),
-    });
-    // A caller's deadline (`x-mlmesh-deadline-ms`, milliseconds left) bounds the wait.
-    let deadline = headers
-        .get("x-mlmesh-deadline-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let joined = match deadline {
-        Some(ms) => tokio::time::timeout(std::time::Duration::from_millis(ms), task)
-            .await
-            .map_err(|_| ModelError::DeadlineExceeded(ms))?,
-        None => task.await,
-    };
-    let outputs = joined.map_err(|e| ModelError::Internal(e.to_string()))??;
-    let rows = outputs
+    // Rows asked for, as the first input's first dimension says (checked when predicting).
+    let asked = request
+        .inputs
         .first()
-        .and_then(|o| o.shape.first())
-        .copied()
-        .unwrap_or(0);
+        .and_then(|i| i.shape.first())
+        .map_or(1, |&r| r.max(0) as u64);
+    let (inline, pool) = state.0.predictions.get_or_init(|| {
+        let counter =
+            |on: &'static str| metrics::counter!("mlmesh_model_predictions_total", "on" => on);
+        (counter("inline"), counter("pool"))
+    });
+    let budget = Duration::from_micros(state.0.config.inline_predict_us);
+    let outputs = if served.cost.inline(asked, budget) {
+        inline.increment(1);
+        served.predict(&request, max_rows)?
+    } else {
+        pool.increment(1);
+        // Longer predictions are CPU work for the blocking pool, never the async workers.
+        let work = Arc::clone(&served);
+        let task = tokio::task::spawn_blocking(move || work.predict(&request, max_rows));
+        // A caller's deadline (`x-mlmesh-deadline-ms`, milliseconds left) bounds the wait.
+        let deadline = headers
+            .get("x-mlmesh-deadline-ms")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let joined = match deadline {
+            Some(ms) => tokio::time::timeout(std::time::Duration::from_millis(ms), task)
+                .await
+                .map_err(|_| ModelError::DeadlineExceeded(ms))?,
+            None => task.await,
+        };
+        joined.map_err(|e| ModelError::Internal(e.to_string()))??
+    };
+    let rows = rows_of(&outputs);
     let response = InferResponse {
         model_name: name.to_string(),
         model_version: Some(served.info.version.to_string()),
