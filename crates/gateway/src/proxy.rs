@@ -49,20 +49,24 @@ pub fn upstream_error(service: &str, error: &BoxError) -> ApiError {
     ApiError::BadGateway(format!("{service}: {}", error_chain(&**error)))
 }
 
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "te",
-    "upgrade",
-    "proxy-connection",
-    "host",
+/// Headers that belong to one connection, not to the request or answer. As `HeaderName`s, so
+/// removing them from an answer does not parse and hash a string per name.
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
+    header::HOST,
 ];
 
 fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap) {
     for (name, value) in from {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || n == "authorization" || n == crate::profile::HEADER {
+        if HOP_BY_HOP.contains(name)
+            || name == header::AUTHORIZATION
+            || name.as_str() == crate::profile::HEADER
+        {
             continue;
         }
         to.append(name.clone(), value.clone());
@@ -133,7 +137,7 @@ pub async fn forward(
         .await
         .map_err(|e| upstream_error(upstream.name(), &e))?;
     let (mut parts, incoming) = response.into_parts();
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         parts.headers.remove(name);
     }
     if options.buffer_response {

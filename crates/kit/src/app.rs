@@ -2,7 +2,6 @@
 //! `/openapi.json`, JSON fallbacks and the protective middleware stack — as
 //! `docs/specs/service.md` requires of every service.
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -79,7 +78,7 @@ struct MetricsState {
     routes: Arc<RwLock<Routes>>,
 }
 
-type Routes = HashMap<Method, HashMap<Box<str>, Arc<RouteMetrics>>>;
+type Routes = foldhash::HashMap<Method, foldhash::HashMap<Box<str>, Arc<RouteMetrics>>>;
 
 struct RouteMetrics {
     method: Method,
