@@ -79,13 +79,13 @@ impl Member for MeshMembers {
                 Some(v) => format!("/v2/models/{}/versions/{v}/infer", spec.model),
                 None => format!("/v2/models/{}/infer", spec.model),
             };
-            let body = serde_json::to_value(&*request).map_err(|e| e.to_string())?;
+            let body = serde_json::to_vec(&*request).map_err(|e| e.to_string())?;
             let answer = mesh
-                .call_json(
+                .call_bytes(
                     &upstream,
                     Method::POST,
                     &path,
-                    Some(&body),
+                    Some(body),
                     true,
                     Some(DeadlineAt(deadline)),
                 )

@@ -198,12 +198,29 @@ impl Mesh {
         idempotent: bool,
         deadline: Option<DeadlineAt>,
     ) -> Result<Answer, BoxError> {
+        let body = body.map(serde_json::to_vec).transpose()?;
+        self.call_bytes(upstream, method, path, body, idempotent, deadline)
+            .await
+    }
+
+    /// [`Mesh::call_json`] with the JSON body already written (a value serialised straight to
+    /// bytes skips building a `Value` tree).
+    pub async fn call_bytes(
+        &self,
+        upstream: &Upstream<Transport>,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        idempotent: bool,
+        deadline: Option<DeadlineAt>,
+    ) -> Result<Answer, BoxError> {
+        let json = body.is_some();
         let payload = match body {
-            Some(v) => Payload::full(serde_json::to_vec(v)?),
+            Some(bytes) => Payload::full(bytes),
             None => Payload::empty(),
         };
         let mut request = Request::builder().method(method).uri(path);
-        if body.is_some() {
+        if json {
             request = request.header(header::CONTENT_TYPE, "application/json");
         }
         let mut request = request.body(payload)?;
