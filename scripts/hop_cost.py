@@ -6,12 +6,14 @@
 Starts `EXE up`, trains a 100-tree forest on breast_cancer (the CSV in $BC, e.g. written by
 scikit-learn's `load_breast_cancer(as_frame=True).frame.to_csv`) and puts nginx (one worker,
 keep-alive upstream) in front of its model service. Then, per MODE — `gateway`, `direct`,
-`nginx`, or `open` (the gateway at a fixed 4000 requests/s) — it runs `EXE bench` at 20 users
+`nginx`, `open` (the gateway at a fixed 4000 requests/s) or `ensemble` (a soft vote of the
+forest, a logistic regression and gradient boosting, through the gateway) — it runs `EXE bench` at 20 users
 while `perf stat -e task-clock` watches the proxy and the model service, and prints
 requests/s, p50/p99 and the CPU µs, system calls and context switches per request of each
 process. CPU per request is steadier
 across runs than requests/s on a shared 2-core machine, so builds are compared with it.
-`record` writes `perf record -g` of the gateway to /tmp/record.data. Needs perf and nginx.
+`record` (`record-ensemble`) writes `perf record -g` of the gateway serving the forest (the
+ensemble) to /tmp/record.data. Needs perf and nginx.
 """
 
 import json
@@ -31,10 +33,10 @@ ROW = [17.99, 10.38, 122.8, 1001, 0.1184, 0.2776, 0.3001, 0.1471, 0.2419, 0.0787
 REQUEST = json.dumps({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP64", "data": ROW}]})
 
 
-def call(url, key, body=None):
+def call(url, key, body=None, method=None):
     data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    request = urllib.request.Request(url, data=data, headers={"Authorization": "Bearer " + key,
-                                                             "Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Authorization": "Bearer " + key, "Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=600) as r:
         text = r.read()
         return json.loads(text) if text else None
@@ -44,8 +46,8 @@ def pid_of(pattern):
     return subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()[0]
 
 
-def bench(data, extra):
-    out = subprocess.run([EXE, "bench", "--data-dir", data, "--json", "--duration", f"{SECONDS}s", "--model", "bc-rf",
+def bench(data, extra, model="bc-rf"):
+    out = subprocess.run([EXE, "bench", "--data-dir", data, "--json", "--duration", f"{SECONDS}s", "--model", model,
                           "--users", "20", "--request", REQUEST, *extra], check=True, capture_output=True, text=True)
     return json.loads(out.stdout)
 
@@ -79,10 +81,18 @@ def main():
         e = json.load(open(endpoints))
         gateway, key = e["gateway"], open(os.path.join(data, "admin.key")).read().strip()
         call(f"{gateway}/v1/datasets/bc?format=csv&target=target", key, open(os.environ["BC"], "rb").read())
-        job = call(f"{gateway}/v1/models/bc-rf/train", key,
-                   {"dataset": "bc", "algorithm": "random_forest", "params": {"n_estimators": 100}, "seed": 0})["job"]
-        while call(f"{gateway}/v1/jobs/{job}", key)["state"] not in ("succeeded", "failed"):
-            time.sleep(0.2)
+        models = [("bc-rf", "random_forest", {"n_estimators": 100})]
+        if any("ensemble" in m for m in MODES):
+            models += [("bc-lr", "logistic_regression", {}), ("bc-gb", "gradient_boosting", {})]
+        for model, algorithm, params in models:
+            job = call(f"{gateway}/v1/models/{model}/train", key,
+                       {"dataset": "bc", "algorithm": algorithm, "params": params, "seed": 0})["job"]
+            while call(f"{gateway}/v1/jobs/{job}", key)["state"] not in ("succeeded", "failed"):
+                time.sleep(0.2)
+        if len(models) > 1:
+            time.sleep(1)  # the gateway learns the new models' owners from the registry
+            call(f"{gateway}/v1/ensembles/bc-vote", key,
+                 {"method": "soft_vote", "members": [{"model": m} for m, _, _ in models]}, "PUT")
         trees = e["services"]["model-trees"][0].replace("http://", "")
         conf = os.path.join(tmp, "nginx.conf")
         with open(conf, "w") as f:
@@ -99,16 +109,17 @@ http {{ access_log off; upstream model {{ server {trees}; keepalive 64; }}
             proxy = "nginx" if mode == "nginx" else "gateway"
             extra = {"direct": ["--direct"], "nginx": ["--url", "http://127.0.0.1:18999"],
                      "open": ["--rate", "4000"]}.get(mode, [])
-            if mode == "record":
+            model = "bc-vote" if "ensemble" in mode else "bc-rf"
+            if mode.startswith("record"):
                 rec = subprocess.Popen(["perf", "record", "-F", "4999", "-g", "-o", "/tmp/record.data",
                                         "-p", pids["gateway"]], stderr=subprocess.DEVNULL)
-                bench(data, [])
+                bench(data, [], model)
                 rec.send_signal(signal.SIGINT)
                 rec.wait()
                 continue
             watch = {name: subprocess.Popen(["perf", "stat", "-x,", "-e", ",".join(EVENTS), "-p", pids[name]],
                                             stderr=subprocess.PIPE, text=True) for name in (proxy, "model")}
-            r = bench(data, extra)
+            r = bench(data, extra, model)
             n = r["requests"]
             seen = {name: counts(p) for name, p in watch.items()}
             cost = "  ".join(f"{name} {c.get('task-clock', 0) * 1000 / n:6.1f} µs "

@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use mlmesh_ensemble::define::{build, check_spec};
 use mlmesh_ensemble::fanout::{Outcome, RunError};
-use mlmesh_ensemble::{Member, MemberFuture};
+use mlmesh_ensemble::{Member, MemberFuture, MemberRequest};
 use mlmesh_kit::discovery::{Discovery, RegistryClient};
 use mlmesh_protocol::gateway::{Ensemble, EnsembleSpec, MemberInfo};
 use mlmesh_protocol::v2::{Datatype, InferInput, InferRequest, InferResponse};
@@ -59,7 +59,7 @@ impl Member for MeshMembers {
     fn call(
         &self,
         member: &MemberInfo,
-        request: Arc<InferRequest>,
+        request: Arc<MemberRequest>,
         deadline: Instant,
     ) -> MemberFuture {
         let mesh = self.0.clone();
@@ -79,7 +79,7 @@ impl Member for MeshMembers {
                 Some(v) => format!("/v2/models/{}/versions/{v}/infer", spec.model),
                 None => format!("/v2/models/{}/infer", spec.model),
             };
-            let body = serde_json::to_vec(&*request).map_err(|e| e.to_string())?;
+            let body = request.json()?.to_vec();
             let answer = mesh
                 .call_bytes(
                     &upstream,
@@ -219,7 +219,7 @@ pub async fn infer(
             };
             let at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(10));
             let response = meta
-                .call(&info, Arc::new(meta_request), at)
+                .call(&info, Arc::new(MemberRequest::new(meta_request)), at)
                 .await
                 .map_err(|e| EnsembleError::Unavailable {
                     message: format!("meta-model {}: {e}", stacking.meta_model),

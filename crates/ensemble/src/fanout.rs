@@ -1,6 +1,6 @@
 //! Calling every member concurrently under one deadline, then applying the quorum.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, join_all};
@@ -19,9 +19,34 @@ pub trait Member: Send + Sync {
     fn call(
         &self,
         member: &MemberInfo,
-        request: Arc<InferRequest>,
+        request: Arc<MemberRequest>,
         deadline: Instant,
     ) -> MemberFuture;
+}
+
+/// The request a member gets. Every mlmesh member gets the same one, so its JSON is written
+/// once for all of them rather than once per call.
+#[derive(Debug)]
+pub struct MemberRequest {
+    pub request: InferRequest,
+    json: OnceLock<Result<Vec<u8>, String>>,
+}
+
+impl MemberRequest {
+    pub fn new(request: InferRequest) -> Self {
+        Self {
+            request,
+            json: OnceLock::new(),
+        }
+    }
+
+    /// The request as JSON, written at the first call.
+    pub fn json(&self) -> Result<&[u8], String> {
+        self.json
+            .get_or_init(|| serde_json::to_vec(&self.request).map_err(|e| e.to_string()))
+            .as_deref()
+            .map_err(Clone::clone)
+    }
 }
 
 /// What the members' answers became.
@@ -104,12 +129,18 @@ pub async fn run(
     if let Some(caller) = caller_deadline {
         deadline = deadline.min(caller);
     }
-    let native = Arc::new(member_request(request, None, classifies));
+    let native = Arc::new(MemberRequest::new(member_request(
+        request, None, classifies,
+    )));
     let calls = ensemble.members.iter().map(|m| {
         let req = if m.spec.url.is_none() {
             Arc::clone(&native)
         } else {
-            Arc::new(member_request(request, Some(m), classifies))
+            Arc::new(MemberRequest::new(member_request(
+                request,
+                Some(m),
+                classifies,
+            )))
         };
         let call = members.call(m, req, deadline);
         async move {
@@ -211,7 +242,7 @@ mod tests {
         fn call(
             &self,
             member: &MemberInfo,
-            _request: Arc<InferRequest>,
+            _request: Arc<MemberRequest>,
             _deadline: Instant,
         ) -> MemberFuture {
             let name = member.spec.model.clone();

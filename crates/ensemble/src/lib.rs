@@ -14,7 +14,7 @@ pub mod define;
 pub mod fanout;
 
 pub use answer::Answer;
-pub use fanout::{Member, MemberFuture, Outcome, run};
+pub use fanout::{Member, MemberFuture, MemberRequest, Outcome, run};
 
 /// Default deadline for all members together.
 pub const DEFAULT_DEADLINE_MS: u64 = 1000;

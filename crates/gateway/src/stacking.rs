@@ -474,7 +474,11 @@ async fn foreign(
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         let response = MeshMembers(state.0.mesh.clone())
-            .call(member, Arc::new(request), deadline)
+            .call(
+                member,
+                Arc::new(mlmesh_ensemble::MemberRequest::new(request)),
+                deadline,
+            )
             .await
             .map_err(|e| {
                 EnsembleError::Invalid(format!("foreign member {}: {e}", member.spec.model))
