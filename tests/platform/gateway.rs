@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use mlmesh_testkit::{eventually, get_json, http};
+use mlmesh_testkit::{eventually, get_json, get_text, http};
 use serde_json::{Value, json};
 
 use super::{WAIT, kill9, serve_service};
@@ -667,14 +667,7 @@ async fn gateway_guards_routes_and_combines_members() {
     for call in futures_util::future::join_all(calls).await {
         call.unwrap();
     }
-    let metrics = http()
-        .get(format!("{}/metrics", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("{}/metrics", gw.url)).await;
     let retried: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("mlmesh_upstream_retries_total{upstream=\"model-trees\"}"))

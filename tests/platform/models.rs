@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use mlmesh_testkit::{eventually, get_json, http};
+use mlmesh_testkit::{eventually, get_json, get_text, http};
 use serde_json::{Value, json};
 
 use super::{WAIT, kill9, mlmesh, read_json};
@@ -301,14 +301,7 @@ async fn models_train_evaluate_and_serve_every_algorithm() {
         let (status, again) = post(&format!("{trees}/v2/models/mixed/infer"), &columns).await;
         assert_eq!((status, &again["outputs"]), (200, &answer["outputs"]));
     }
-    let text = http()
-        .get(format!("{trees}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&format!("{trees}/metrics")).await;
     let predictions = |on: &str| {
         text.lines()
             .filter(|l| {
@@ -456,14 +449,7 @@ async fn models_train_evaluate_and_serve_every_algorithm() {
     assert!(view["scaling"]["targets"].is_array(), "{view}");
     assert!(view["anomalies"]["events"].is_array(), "{view}");
     assert!(view["abuse"]["throttled"].is_array(), "{view}");
-    let page = http()
-        .get(dashboard)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(dashboard).await;
     assert!(page.contains("function autoscaler("));
 
     bad_input_is_refused(&trees, &linear).await;

@@ -94,6 +94,18 @@ pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
     (status, body)
 }
 
+/// GETs `url` and returns its body as text (a `/metrics` page, an HTML page).
+pub async fn get_text(url: &str) -> String {
+    http()
+        .get(url)
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("a text body")
+}
+
 /// A file of the project's shared third-party test data (`shared/data/` beside the repository,
 /// or the folder named by `MLMESH_SHARED_DATA`).
 pub fn shared_data(relative: &str) -> std::path::PathBuf {
