@@ -13,7 +13,7 @@ requests/s, p50/p99 and the CPU µs, system calls and context switches per reque
 process. CPU per request is steadier
 across runs than requests/s on a shared 2-core machine, so builds are compared with it.
 `record` (`record-ensemble`) writes `perf record -g` of the gateway serving the forest (the
-ensemble) to /tmp/record.data. Needs perf and nginx.
+ensemble) to /tmp/record.data, `record-direct` that of the model service called directly. Needs perf and nginx.
 """
 
 import json
@@ -111,9 +111,10 @@ http {{ access_log off; upstream model {{ server {trees}; keepalive 64; }}
                      "open": ["--rate", "4000"]}.get(mode, [])
             model = "bc-vote" if "ensemble" in mode else "bc-rf"
             if mode.startswith("record"):
+                target = "model" if mode == "record-direct" else "gateway"
                 rec = subprocess.Popen(["perf", "record", "-F", "4999", "-g", "-o", "/tmp/record.data",
-                                        "-p", pids["gateway"]], stderr=subprocess.DEVNULL)
-                bench(data, [], model)
+                                        "-p", pids[target]], stderr=subprocess.DEVNULL)
+                bench(data, ["--direct"] if mode == "record-direct" else [], model)
                 rec.send_signal(signal.SIGINT)
                 rec.wait()
                 continue
