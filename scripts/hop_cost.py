@@ -7,7 +7,7 @@ Starts `EXE up`, trains a 100-tree forest on breast_cancer (the CSV in $BC, e.g.
 scikit-learn's `load_breast_cancer(as_frame=True).frame.to_csv`) and puts nginx (one worker,
 keep-alive upstream) in front of its model service. Then, per MODE — `gateway`, `direct`,
 `nginx`, `open` (the gateway at a fixed 4000 requests/s) or `ensemble` (a soft vote of the
-forest, a logistic regression and gradient boosting, through the gateway) — it runs `EXE bench` at 20 users
+forest, a logistic regression and gradient boosting, through the gateway) — it runs `EXE bench` at 20 users ($USERS)
 while `perf stat -e task-clock` watches the proxy and the model service, and prints
 requests/s, p50/p99 and the CPU µs, system calls and context switches per request of each
 process. CPU per request is steadier
@@ -48,7 +48,7 @@ def pid_of(pattern):
 
 def bench(data, extra, model="bc-rf"):
     out = subprocess.run([EXE, "bench", "--data-dir", data, "--json", "--duration", f"{SECONDS}s", "--model", model,
-                          "--users", "20", "--request", REQUEST, *extra], check=True, capture_output=True, text=True)
+                          "--users", os.environ.get("USERS", "20"), "--request", REQUEST, *extra], check=True, capture_output=True, text=True)
     return json.loads(out.stdout)
 
 

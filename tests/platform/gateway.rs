@@ -686,6 +686,35 @@ async fn gateway_guards_routes_and_combines_members() {
         metrics.contains("mlmesh_circuit_breaker_state{"),
         "breaker states exported"
     );
+    // Inference skips the router's stack but is counted under its route like any request,
+    // carries a request id, and is refused without a key in the same words.
+    assert!(
+        metrics.contains(r#"http_requests_total{service="gateway",method="POST",route="/v2/models/{name}/infer",status="200"}"#),
+        "inference counted under its route"
+    );
+    let infer = format!("{}/v2/models/wine-rf/infer", gw.url);
+    let body = request(&rows[..1], false);
+    let response = http()
+        .post(&infer)
+        .bearer_auth(&trainer)
+        .header("x-request-id", "lane-1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-request-id"], "lane-1");
+    let response = http().post(&infer).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["x-request-id"].len(), 36, "a fresh UUID");
+    let refusal: Value = response.json().await.unwrap();
+    assert!(
+        refusal["error"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization: Bearer"),
+        "{refusal}"
+    );
 
     // The linear service dies: a 2-of-3 ensemble answers and says who did not.
     let (status, _) = gw

@@ -11,10 +11,11 @@
 //!
 //! Layout: [`auth`] (keys, roles, rate limits), [`usage`] (accounting), [`db`] (tables),
 //! [`state`] (caches and their refresh), [`routes`] (the gateway's own endpoints), [`proxy`]
-//! (forwarding), [`profile`] (response shapes).
+//! (forwarding), [`profile`] (response shapes), [`lane`] (inference past the router).
 
 pub mod auth;
 pub mod db;
+pub mod lane;
 pub mod profile;
 pub mod proxy;
 pub mod routes;

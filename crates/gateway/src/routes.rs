@@ -80,10 +80,16 @@ pub fn router(state: AppState, server: &ServerConfig) -> Router {
         .route("/v1/jobs", get(jobs))
         .route("/v1/jobs/{*rest}", any(job_any))
         .with_state(state.clone());
-    App::new(crate::SERVICE, env!("CARGO_PKG_VERSION"))
+    let routed = App::new(crate::SERVICE, env!("CARGO_PKG_VERSION"))
         .readiness(state.0.readiness.clone())
         .router(api, server)
-        .layer(middleware::from_fn_with_state(state, authenticate))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    // Inference skips the router's stack; everything else is routed (`lane`).
+    Router::new().fallback_service(crate::lane::Lane {
+        state,
+        envelope: mlmesh_kit::Envelope::new(crate::SERVICE),
+        router: routed,
+    })
 }
 
 /// Admits a request by its key and role, takes its rate, and counts calls that the handlers
@@ -93,7 +99,22 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
     if path.starts_with("/v2/health/") || path == "/metrics" {
         return next.run(request).await;
     }
-    let needed = auth::needed(request.method(), path);
+    let caller = match admit(&state, &request) {
+        Ok(caller) => caller,
+        Err(refused) => return refused.into_response(),
+    };
+    request.extensions_mut().insert(caller.clone());
+    let response = next.run(request).await;
+    if response.extensions().get::<Counted>().is_none() {
+        let error = response.status().is_client_error() || response.status().is_server_error();
+        state.0.usage.count(&caller.id, NO_MODEL, 0, error);
+    }
+    response
+}
+
+/// The caller of `request` if its key, role, rate and throttles let it in; else the refusal.
+pub(crate) fn admit(state: &AppState, request: &Request) -> Result<Caller, ApiError> {
+    let needed = auth::needed(request.method(), request.uri().path());
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -141,12 +162,12 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
                     }
                 }
             };
-            return error.into_response();
+            return Err(error);
         }
     };
     if let Err(t) = state.0.throttles.admit(Some(&caller.id), addr) {
         state.0.usage.count(&caller.id, NO_MODEL, 0, true);
-        return ApiError::TooManyRequests {
+        return Err(ApiError::TooManyRequests {
             message: format!(
                 "this client is throttled to {} requests per second{}; retry after {} s",
                 t.rate_per_s,
@@ -154,16 +175,9 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
                 t.retry_after_s
             ),
             retry_after_s: t.retry_after_s,
-        }
-        .into_response();
+        });
     }
-    request.extensions_mut().insert(caller.clone());
-    let response = next.run(request).await;
-    if response.extensions().get::<Counted>().is_none() {
-        let error = response.status().is_client_error() || response.status().is_server_error();
-        state.0.usage.count(&caller.id, NO_MODEL, 0, error);
-    }
-    response
+    Ok(caller)
 }
 
 fn role_name(role: Role) -> &'static str {
@@ -545,7 +559,7 @@ async fn infer_profiled_version(
     infer(state, caller, name, Some(version), Some(profile), request).await
 }
 
-async fn infer(
+pub(crate) async fn infer(
     state: AppState,
     caller: Caller,
     name: String,

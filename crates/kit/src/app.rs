@@ -5,17 +5,18 @@
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderName, Method, StatusCode, Uri, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::FutureExt;
 use mlmesh_protocol::{ErrorBody, Live, Ready};
-use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tracing::Instrument;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -189,31 +190,9 @@ impl App {
                 openapi: Arc::new(openapi),
             });
 
-        let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
-        telemetry::prometheus();
-        let metrics_state = MetricsState::new(&self.service);
-
-        // Outermost first: every request gets an id before it is traced, the trace span sees
-        // the id, the id is echoed on the answer, panics become a JSON 500 instead of a closed
-        // connection, then metrics time the handler, and the body limit guards extractors.
-        let stack = ServiceBuilder::new()
-            .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
-            .layer(
-                TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                    let id = req
-                        .headers()
-                        .get(REQUEST_ID_HEADER)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    // Debug level: at info, building this span for every request (the JSON
-                    // formatter renders its fields up front) was ~4% of the gateway's CPU.
-                    // `log_level = "debug"` turns it on, request id included.
-                    tracing::debug_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
-                }),
-            )
-            .layer(PropagateRequestIdLayer::new(request_id))
-            .layer(CatchPanicLayer::custom(panic_response))
-            .layer(middleware::from_fn_with_state(metrics_state, track_metrics))
+        let envelope = Envelope::new(&self.service);
+        let stack = tower::ServiceBuilder::new()
+            .layer(middleware::from_fn_with_state(envelope, enveloped))
             .layer(DefaultBodyLimit::max(server.body_limit_bytes));
 
         api_router
@@ -228,23 +207,84 @@ impl App {
 #[openapi(components(schemas(ErrorBody)))]
 struct KitApi;
 
-async fn track_metrics(State(state): State<MetricsState>, req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str());
-    let metrics = state.route(req.method(), route);
-    state.in_flight.increment(1.0);
-    let response = next.run(req).await;
-    state.in_flight.decrement(1.0);
-    state.count(&metrics, response.status().as_u16());
-    metrics.duration.record(start.elapsed().as_secs_f64());
-    response
+/// What every request goes through, around its handler: an id (the caller's `x-request-id`, or a
+/// fresh UUID) that is echoed on the answer, a debug-level span carrying it, panics turned into
+/// a JSON 500 instead of a dropped connection, and the request metrics of its route.
+///
+/// One function rather than tower-http's request-id, trace and catch-panic layers plus a
+/// metrics middleware: five nested futures cost ~5 % of the gateway's CPU per proxied request
+/// (`perf`, BENCHMARKS.md), and a service can put its hottest route through this same envelope
+/// without axum's per-route stack ([`Envelope::run`]).
+#[derive(Clone)]
+pub struct Envelope {
+    metrics: MetricsState,
 }
 
-fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    ApiError::Internal("a request handler panicked".to_string()).into_response()
+impl Envelope {
+    /// The envelope of `service`'s requests (installs the metrics recorder if need be).
+    pub fn new(service: &str) -> Self {
+        telemetry::prometheus();
+        Self {
+            metrics: MetricsState::new(service),
+        }
+    }
+
+    /// Runs `handler` on `request` inside the envelope; `route` is the route template that
+    /// labels its metrics.
+    pub async fn run<F, Fut>(&self, route: &str, mut request: Request, handler: F) -> Response
+    where
+        F: FnOnce(Request) -> Fut,
+        Fut: Future<Output = Response>,
+    {
+        let start = Instant::now();
+        let id = match request.headers().get(REQUEST_ID_HEADER) {
+            Some(id) => id.clone(),
+            None => {
+                let fresh = new_request_id();
+                request
+                    .headers_mut()
+                    .insert(HeaderName::from_static(REQUEST_ID_HEADER), fresh.clone());
+                fresh
+            }
+        };
+        // Debug level: at info, building this span for every request (the JSON formatter
+        // renders its fields up front) was ~4 % of the gateway's CPU. `log_level = "debug"`
+        // turns it on, request id included.
+        let span = tracing::debug_span!("request", method = %request.method(),
+            uri = %request.uri(), request_id = %id.to_str().unwrap_or(""));
+        let metrics = self.metrics.route(request.method(), route);
+        self.metrics.in_flight.increment(1.0);
+        let answer = AssertUnwindSafe(handler(request))
+            .catch_unwind()
+            .instrument(span)
+            .await;
+        self.metrics.in_flight.decrement(1.0);
+        let mut response = answer.unwrap_or_else(|_| {
+            ApiError::Internal("a request handler panicked".to_string()).into_response()
+        });
+        self.metrics.count(&metrics, response.status().as_u16());
+        metrics.duration.record(start.elapsed().as_secs_f64());
+        response
+            .headers_mut()
+            .entry(HeaderName::from_static(REQUEST_ID_HEADER))
+            .or_insert(id);
+        response
+    }
+}
+
+/// A fresh request id: a version 4 UUID (uuid's thread-local generator, no system call).
+fn new_request_id() -> HeaderValue {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// The envelope of routed requests; the route is the template axum matched.
+async fn enveloped(State(envelope): State<Envelope>, request: Request, next: Next) -> Response {
+    // A clone of axum's `Arc<str>`: the request moves on, the label stays.
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    envelope.run(route, request, |r| next.run(r)).await
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
@@ -328,4 +368,82 @@ async fn openapi_json(State(state): State<KitState>) -> Response {
         state.openapi.as_str().to_owned(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn panics() -> &'static str {
+        panic!("boom")
+    }
+
+    /// A service on 127.0.0.1:0 with one route that answers and one that panics.
+    async fn start() -> String {
+        let api = OpenApiRouter::new()
+            .route("/ok/{name}", get(|| async { "fine" }))
+            .route("/panics", get(panics));
+        let router = App::new("envelope-test", "0").router(api, &ServerConfig::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(crate::serve(listener, router, std::future::pending()));
+        url
+    }
+
+    #[tokio::test]
+    async fn every_answer_has_an_id_panics_are_json_500s_and_routes_are_counted() {
+        let url = start().await;
+        let http = reqwest::Client::new();
+
+        let answer = http.get(format!("{url}/ok/a")).send().await.unwrap();
+        assert_eq!(answer.status(), 200);
+        let fresh = answer.headers()[REQUEST_ID_HEADER].to_str().unwrap();
+        assert!(uuid::Uuid::parse_str(fresh).is_ok(), "{fresh}");
+        let answer = http
+            .get(format!("{url}/ok/b"))
+            .header(REQUEST_ID_HEADER, "mine-1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.headers()[REQUEST_ID_HEADER], "mine-1");
+
+        let answer = http
+            .get(format!("{url}/panics"))
+            .header(REQUEST_ID_HEADER, "mine-2")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 500);
+        assert_eq!(answer.headers()[REQUEST_ID_HEADER], "mine-2");
+        let body: serde_json::Value = answer.json().await.unwrap();
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{body}"
+        );
+
+        let answer = http.get(format!("{url}/nowhere")).send().await.unwrap();
+        assert_eq!(answer.status(), 404);
+        assert!(answer.headers().contains_key(REQUEST_ID_HEADER));
+
+        let text = http
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let count = |route: &str, status: u16| {
+            let series = format!(
+                "{}{{service=\"envelope-test\",method=\"GET\",route=\"{route}\",status=\"{status}\"}} ",
+                telemetry::HTTP_REQUESTS_TOTAL
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(&series))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        assert_eq!(count("/ok/{name}", 200), Some(2.0), "{text}");
+        assert_eq!(count("/panics", 500), Some(1.0), "{text}");
+        assert_eq!(count("unmatched", 404), Some(1.0), "{text}");
+    }
 }
