@@ -577,12 +577,15 @@ async fn up_runs_supervises_and_stops_the_platform() {
     // The autoscaler scrapes every instance: each service gets a series, and the gateway's
     // requests (these tests' own calls) show up as its load.
     let autoscaler = services["autoscaler"][0].as_str().unwrap().to_string();
+    // Services register one after another, so the first scrapes may not see them all yet.
+    let scraped = ["data", "gateway", "model-trees", "dashboard", "autoscaler"];
     let series = eventually(WAIT, "every service scraped", || async {
         let (status, body) = get_json(&format!("{autoscaler}/v1/series")).await;
-        (status == 200 && body["services"]["registry"]["instances"] == 1).then_some(body)
+        let all = scraped.iter().all(|s| body["services"].get(s).is_some());
+        (status == 200 && body["services"]["registry"]["instances"] == 1 && all).then_some(body)
     })
     .await;
-    for service in ["data", "gateway", "model-trees", "dashboard", "autoscaler"] {
+    for service in scraped {
         assert!(
             series["services"].get(service).is_some(),
             "{service}: {series}"
