@@ -253,12 +253,12 @@ impl Envelope {
         let span = tracing::debug_span!("request", method = %request.method(),
             uri = %request.uri(), request_id = %id.to_str().unwrap_or(""));
         let metrics = self.metrics.route(request.method(), route);
-        self.metrics.in_flight.increment(1.0);
+        let in_flight = InFlight::new(&self.metrics.in_flight);
         let answer = AssertUnwindSafe(handler(request))
             .catch_unwind()
             .instrument(span)
             .await;
-        self.metrics.in_flight.decrement(1.0);
+        drop(in_flight);
         let mut response = answer.unwrap_or_else(|_| {
             ApiError::Internal("a request handler panicked".to_string()).into_response()
         });
@@ -269,6 +269,23 @@ impl Envelope {
             .entry(HeaderName::from_static(REQUEST_ID_HEADER))
             .or_insert(id);
         response
+    }
+}
+
+/// One request in flight; it leaves the gauge even when its future is dropped (the caller hung
+/// up), so the gauge does not creep up.
+struct InFlight<'a>(&'a metrics::Gauge);
+
+impl<'a> InFlight<'a> {
+    fn new(gauge: &'a metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 
