@@ -1,12 +1,11 @@
 //! [`App`]: turns a service's own routes into a complete mlmesh service — health, `/metrics`,
-//! `/openapi.json`, JSON fallbacks and the protective middleware stack — as
+//! `/openapi.json`, JSON fallbacks and the envelope every request goes through — as
 //! `docs/specs/service.md` requires of every service.
-
-use std::sync::{Arc, RwLock};
-use std::time::Instant;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};

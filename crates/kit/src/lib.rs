@@ -6,7 +6,8 @@
 //! - [`error`]: [`ApiError`], the one place where errors become statuses and `{"error": …}`.
 //! - [`extract`]: `Json`, `Query` and `Path` extractors that reject in that same shape.
 //! - [`app`]: wraps a service's routes with health, `/metrics`, `/openapi.json`, fallbacks and
-//!   the envelope every request goes through (request id, span, panic guard, metrics) and the body limit.
+//!   the envelope every request goes through (request id, span, panic guard, metrics) and the
+//!   body limit.
 //! - [`serve`](mod@serve): `serve(listener, router, shutdown)` and the shutdown signal.
 //! - [`telemetry`]: structured logs and the Prometheus recorder.
 //! - [`discovery`]: the registry client (register, heartbeat, deregister, watch-fed cache).
